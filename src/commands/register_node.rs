@@ -1,0 +1,94 @@
+//! Management RegisterNode: what `pmm-agent setup` calls. Creates a generic or container node,
+//! its pmm-agent and its node_exporter in one decision; with `reregister`, first removes
+//! (cascade) the node with the same name and the node with the same (address, region).
+
+use super::add_service::MetricsMode;
+use super::agents::{AddAgent, CreateOpts, create_agent};
+use super::nodes::{AddNode, create_node, remove_node};
+use super::{Decision, Rejection, non_empty};
+use crate::domain::labels::Labels;
+use crate::domain::{AgentType, NodeId, NodeType, Sealed};
+
+/// RegisterNode's request.
+#[derive(Clone, Debug, Default)]
+pub struct RegisterNode {
+    pub node_type: Option<NodeType>,
+    pub node_name: String,
+    pub address: String,
+    pub machine_id: Option<String>,
+    pub distro: String,
+    pub container_id: Option<String>,
+    pub container_name: Option<String>,
+    pub node_model: String,
+    pub region: Option<String>,
+    pub az: String,
+    pub custom_labels: Labels,
+    pub reregister: bool,
+    pub metrics_mode: MetricsMode,
+    pub disable_collectors: Vec<String>,
+    pub agent_password: Option<Sealed>,
+    pub expose_exporter: bool,
+    pub instance_id: String,
+}
+
+impl RegisterNode {
+    pub fn decide(&self, d: &mut Decision<'_>) -> Result<(), Rejection> {
+        match self.node_type {
+            Some(NodeType::Generic | NodeType::Container) => {}
+            Some(NodeType::Remote) => {
+                return Err(Rejection::invalid("Remote nodes can't be registered: add them with AddNode."));
+            }
+            _ => return Err(Rejection::invalid("Unsupported Node type.")),
+        }
+        if let Some(existing) = d.state().node_by_name(&self.node_name).map(|n| n.node_id.clone()) {
+            if !self.reregister {
+                return Err(Rejection::already_exists(format!(
+                    "Node with name {:?} already exists.",
+                    self.node_name
+                )));
+            }
+            remove_node(d, &existing, true)?;
+        }
+        if let Some(region) = non_empty(&self.region) {
+            let existing = d.state().node_by_address_region(&self.address, &region).map(|n| n.node_id.clone());
+            if let Some(existing) = existing {
+                if !self.reregister {
+                    return Err(Rejection::already_exists(format!(
+                        "Node with instance {:?} and region {:?} already exists.",
+                        self.address, region
+                    )));
+                }
+                remove_node(d, &existing, true)?;
+            }
+        }
+        let node = AddNode {
+            node_type: self.node_type,
+            node_name: self.node_name.clone(),
+            address: self.address.clone(),
+            machine_id: self.machine_id.clone(),
+            distro: self.distro.clone(),
+            node_model: self.node_model.clone(),
+            region: self.region.clone(),
+            az: self.az.clone(),
+            custom_labels: self.custom_labels.clone(),
+            container_id: self.container_id.clone(),
+            container_name: self.container_name.clone(),
+            instance_id: self.instance_id.clone(),
+        };
+        let node_id = NodeId::from(d.new_id());
+        create_node(d, &node, node_id.clone(), false)?;
+        let mut pmm_agent = AddAgent::new(AgentType::PmmAgent);
+        pmm_agent.runs_on_node_id = Some(node_id);
+        let pmm_agent_id = create_agent(d, &pmm_agent, CreateOpts::INVENTORY)?;
+        let mut exporter = AddAgent::new(AgentType::NodeExporter);
+        exporter.pmm_agent_id = Some(pmm_agent_id);
+        exporter.push_metrics = self.metrics_mode.is_push();
+        exporter.expose_exporter = self.expose_exporter;
+        exporter.disable_collectors = self.disable_collectors.clone();
+        exporter.agent_password = self.agent_password.clone();
+        // RegisterNode leaves node_exporter's log level unset (NULL) in PMM.
+        let opts = CreateOpts { default_log_level: false, ..CreateOpts::INVENTORY };
+        create_agent(d, &exporter, opts)?;
+        Ok(())
+    }
+}

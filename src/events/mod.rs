@@ -1,0 +1,83 @@
+//! Events: the immutable facts the log holds, their stable names and schema versions, the
+//! envelope they are stored in, and the hash chain over them.
+//!
+//! Only additive changes: a new fact is a new variant, a breaking change a new schema version
+//! with an upcaster in [`codec`]. Variants are never renamed or reused. Each event carries every
+//! fact its projections need (whole entities on add and change), so projections compute nothing.
+
+pub mod chain;
+pub mod codec;
+pub mod redact;
+
+use crate::domain::{Agent, AgentId, Node, NodeId, Service, ServiceId, Settings};
+use serde::{Deserialize, Serialize};
+
+/// Every event type. Serialized with an explicit tag (the stored `event_type`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    NodeAdded { node: Node },
+    NodeRemoved { node_id: NodeId },
+    ServiceAdded { service: Service },
+    ServiceChanged { service: Service },
+    ServiceRemoved { service_id: ServiceId },
+    AgentAdded { agent: Agent },
+    AgentChanged { agent: Agent },
+    AgentRemoved { agent_id: AgentId },
+    SettingsChanged { settings: Settings },
+}
+
+/// The stream an event belongs to: one per entity, so an entity's history is one read.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StreamKey {
+    Node(NodeId),
+    Service(ServiceId),
+    Agent(AgentId),
+    Settings,
+}
+
+impl StreamKey {
+    /// The stored `stream_id`: `node-<id>`, `service-<id>`, `agent-<id>` or `settings`.
+    pub fn stream_id(&self) -> String {
+        match self {
+            StreamKey::Node(id) => format!("node-{id}"),
+            StreamKey::Service(id) => format!("service-{id}"),
+            StreamKey::Agent(id) => format!("agent-{id}"),
+            StreamKey::Settings => "settings".to_owned(),
+        }
+    }
+}
+
+impl Event {
+    /// The stable type name stored in `events.event_type`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::NodeAdded { .. } => "NodeAdded",
+            Event::NodeRemoved { .. } => "NodeRemoved",
+            Event::ServiceAdded { .. } => "ServiceAdded",
+            Event::ServiceChanged { .. } => "ServiceChanged",
+            Event::ServiceRemoved { .. } => "ServiceRemoved",
+            Event::AgentAdded { .. } => "AgentAdded",
+            Event::AgentChanged { .. } => "AgentChanged",
+            Event::AgentRemoved { .. } => "AgentRemoved",
+            Event::SettingsChanged { .. } => "SettingsChanged",
+        }
+    }
+
+    /// The entity (and stream) this event is about.
+    pub fn stream(&self) -> StreamKey {
+        match self {
+            Event::NodeAdded { node } => StreamKey::Node(node.node_id.clone()),
+            Event::NodeRemoved { node_id } => StreamKey::Node(node_id.clone()),
+            Event::ServiceAdded { service } | Event::ServiceChanged { service } => {
+                StreamKey::Service(service.service_id.clone())
+            }
+            Event::ServiceRemoved { service_id } => StreamKey::Service(service_id.clone()),
+            Event::AgentAdded { agent } | Event::AgentChanged { agent } => {
+                StreamKey::Agent(agent.agent_id.clone())
+            }
+            Event::AgentRemoved { agent_id } => StreamKey::Agent(agent_id.clone()),
+            Event::SettingsChanged { .. } => StreamKey::Settings,
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! PMM's control plane, rebuilt as an event-sourced CQRS system.
+//!
+//! Map of the crate (see `../shared/DESIGN.md` for the architecture):
+//! - [`domain`]: nodes, services, agents, settings, labels, and the in-memory [`domain::State`]
+//!   folded from events by `evolve`.
+//! - [`events`]: the event enum, its codec and schema versions, the hash chain, redaction.
+//! - [`commands`]: command types, the pure `decide`, and the dispatcher (the one entry point,
+//!   with group commit).
+//! - [`store`]: PostgreSQL: the event log, command results, query tables, verify and rebuild.
+//! - [`crypto`]: the cluster key and the cipher that seals secrets before they become events.
+//! - [`embedded_pg`]: the private PostgreSQL the server starts when no database is configured.
+//! - [`config`] and [`app`]: configuration (flags and environment) and the server's wiring.
+//! - [`bench`]: the benchmark behind `pmm-cp bench`.
+
+pub mod app;
+pub mod bench;
+pub mod commands;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod embedded_pg;
+pub mod events;
+pub mod store;

@@ -1,0 +1,445 @@
+//! The `events` table: append a batch atomically, read forward with filters, verify the chain.
+
+use super::{StoreError, query_tables};
+use crate::commands::CommandMeta;
+use crate::domain::{State, Timestamp};
+use crate::events::chain::{self, GENESIS, Hashed};
+use crate::events::codec;
+use crate::events::redact::redact;
+use crate::events::{Event, StreamKey};
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use std::collections::{BTreeSet, HashMap};
+
+/// The head of the log as the single writer knows it: position, hash and each stream's
+/// last version.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogHead {
+    pub position: i64,
+    pub hash: [u8; 32],
+    pub stream_versions: HashMap<String, i64>,
+}
+
+impl LogHead {
+    /// Reads the head and the stream versions from the database.
+    pub async fn load(pool: &PgPool) -> Result<Self, StoreError> {
+        let row = sqlx::query("SELECT position, hash FROM log_head").fetch_one(pool).await?;
+        let stream_versions = sqlx::query_as::<_, (String, i64)>(
+            "SELECT stream_id, max(stream_version) FROM events GROUP BY stream_id",
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+        Ok(Self { position: row.try_get("position")?, hash: to_hash(row.try_get("hash")?), stream_versions })
+    }
+}
+
+fn to_hash(v: Vec<u8>) -> [u8; 32] {
+    v.try_into().unwrap_or([0xff; 32])
+}
+
+/// One command's events in a batch.
+#[derive(Clone, Debug)]
+pub struct AppendItem {
+    pub meta: CommandMeta,
+    pub events: Vec<Event>,
+}
+
+/// A batch of decided commands, appended in one transaction.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// The position the decisions were based on; the append fails if the head moved.
+    pub base_position: i64,
+    pub recorded_at: Timestamp,
+    /// The node that decided the batch (stored in each event's metadata).
+    pub decided_by: String,
+    pub items: Vec<AppendItem>,
+}
+
+/// Positions written for one item: `first..=last`.
+pub type Positions = (i64, i64);
+
+/// Appends `batch` and updates the query tables from `after` (the state with the batch folded
+/// in), all in one transaction. On success `head` is advanced; on any error nothing was
+/// written and `head` is unchanged.
+pub async fn append(
+    pool: &PgPool,
+    head: &mut LogHead,
+    batch: &Batch,
+    after: &State,
+) -> Result<Vec<Positions>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query("SELECT position, hash FROM log_head FOR UPDATE").fetch_one(&mut *tx).await?;
+    let actual: i64 = row.try_get("position")?;
+    if actual != batch.base_position || actual != head.position {
+        return Err(StoreError::Conflict { expected: batch.base_position, actual });
+    }
+    let mut prev = to_hash(row.try_get("hash")?);
+    let n: usize = batch.items.iter().map(|i| i.events.len()).sum();
+    let mut cols = Columns::with_capacity(n);
+    let mut versions: HashMap<String, i64> = HashMap::new();
+    let mut touched = query_tables::Touched::default();
+    let mut positions = Vec::with_capacity(batch.items.len());
+    let mut position = batch.base_position;
+    let recorded_at_micros = batch.recorded_at.timestamp_micros();
+    for item in &batch.items {
+        let metadata = metadata(&item.meta, &batch.decided_by);
+        let first = position + 1;
+        for event in &item.events {
+            position += 1;
+            let key = event.stream();
+            touched.add(&key);
+            let stream_id = key.stream_id();
+            let version = versions
+                .get(&stream_id)
+                .or_else(|| head.stream_versions.get(&stream_id))
+                .copied()
+                .unwrap_or(0)
+                + 1;
+            versions.insert(stream_id.clone(), version);
+            let (event_type, schema_version, payload) = codec::encode(event)?;
+            let event_id = uuid::Uuid::new_v4();
+            let hash = chain::hash(
+                &prev,
+                &Hashed {
+                    position,
+                    stream_id: &stream_id,
+                    stream_version: version,
+                    event_id,
+                    event_type,
+                    schema_version,
+                    payload: &payload,
+                    metadata: &metadata,
+                    recorded_at_micros,
+                },
+            );
+            cols.push(position, stream_id, version, event_id, event_type, schema_version, &payload, &metadata, batch.recorded_at, prev, hash);
+            prev = hash;
+        }
+        positions.push((first, position));
+    }
+    cols.insert(&mut tx).await?;
+    let (ids, firsts, lasts): (Vec<String>, Vec<i64>, Vec<i64>) = batch
+        .items
+        .iter()
+        .zip(&positions)
+        .filter(|(_, (f, l))| l >= f)
+        .map(|(i, (f, l))| (i.meta.command_id.clone(), *f, *l))
+        .fold((vec![], vec![], vec![]), |(mut a, mut b, mut c), (x, y, z)| {
+            a.push(x);
+            b.push(y);
+            c.push(z);
+            (a, b, c)
+        });
+    sqlx::query(
+        "INSERT INTO command_results (command_id, first_position, last_position) \
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[])",
+    )
+    .bind(&ids)
+    .bind(&firsts)
+    .bind(&lasts)
+    .execute(&mut *tx)
+    .await?;
+    query_tables::update(&mut tx, after, &touched).await?;
+    sqlx::query("UPDATE log_head SET position = $1, hash = $2")
+        .bind(position)
+        .bind(prev.as_slice())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    head.position = position;
+    head.hash = prev;
+    head.stream_versions.extend(versions);
+    Ok(positions)
+}
+
+fn metadata(meta: &CommandMeta, decided_by: &str) -> Value {
+    let mut v = serde_json::to_value(meta).unwrap_or_default();
+    if let Value::Object(m) = &mut v {
+        m.insert("decided_by".to_owned(), Value::String(decided_by.to_owned()));
+    }
+    v
+}
+
+/// Column arrays for one multi-row INSERT.
+struct Columns {
+    position: Vec<i64>,
+    stream_id: Vec<String>,
+    stream_version: Vec<i64>,
+    event_id: Vec<uuid::Uuid>,
+    event_type: Vec<String>,
+    schema_version: Vec<i32>,
+    payload: Vec<String>,
+    metadata: Vec<String>,
+    recorded_at: Vec<Timestamp>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl Columns {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            position: Vec::with_capacity(n),
+            stream_id: Vec::with_capacity(n),
+            stream_version: Vec::with_capacity(n),
+            event_id: Vec::with_capacity(n),
+            event_type: Vec::with_capacity(n),
+            schema_version: Vec::with_capacity(n),
+            payload: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            recorded_at: Vec::with_capacity(n),
+            prev_hash: Vec::with_capacity(n),
+            hash: Vec::with_capacity(n),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        position: i64,
+        stream_id: String,
+        stream_version: i64,
+        event_id: uuid::Uuid,
+        event_type: &str,
+        schema_version: i32,
+        payload: &Value,
+        metadata: &Value,
+        recorded_at: Timestamp,
+        prev_hash: [u8; 32],
+        hash: [u8; 32],
+    ) {
+        self.position.push(position);
+        self.stream_id.push(stream_id);
+        self.stream_version.push(stream_version);
+        self.event_id.push(event_id);
+        self.event_type.push(event_type.to_owned());
+        self.schema_version.push(schema_version);
+        self.payload.push(payload.to_string());
+        self.metadata.push(metadata.to_string());
+        self.recorded_at.push(recorded_at);
+        self.prev_hash.push(prev_hash.to_vec());
+        self.hash.push(hash.to_vec());
+    }
+
+    async fn insert(self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO events (position, stream_id, stream_version, event_id, event_type, \
+             schema_version, payload, metadata, recorded_at, prev_hash, hash) \
+             SELECT p, s, v, e, t, sv, pl::jsonb, md::jsonb, ra, ph, h FROM UNNEST(\
+             $1::int8[], $2::text[], $3::int8[], $4::uuid[], $5::text[], $6::int4[], \
+             $7::text[], $8::text[], $9::timestamptz[], $10::bytea[], $11::bytea[]) \
+             AS u(p, s, v, e, t, sv, pl, md, ra, ph, h)",
+        )
+        .bind(self.position)
+        .bind(self.stream_id)
+        .bind(self.stream_version)
+        .bind(self.event_id)
+        .bind(self.event_type)
+        .bind(self.schema_version)
+        .bind(self.payload)
+        .bind(self.metadata)
+        .bind(self.recorded_at)
+        .bind(self.prev_hash)
+        .bind(self.hash)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Positions already recorded for these command ids.
+pub async fn find_command_results(
+    pool: &PgPool,
+    ids: &[String],
+) -> Result<HashMap<String, (i64, i64)>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query_as::<_, (String, i64, i64)>(
+        "SELECT command_id, first_position, last_position FROM command_results WHERE command_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(id, f, l)| (id, (f, l))).collect())
+}
+
+/// Whether a read path may see secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Secrets {
+    /// Every sealed value is replaced by a marker (every read path but one).
+    Redact,
+    /// Sealed values are kept, for the projections that hand secrets to a pmm-agent and for
+    /// replay into the in-memory state.
+    Keep,
+}
+
+/// Which events to read.
+#[derive(Clone, Debug, Default)]
+pub struct ReadFilter {
+    /// Read events with a position greater than this.
+    pub after: i64,
+    /// Page size (at most 10,000).
+    pub limit: i64,
+    pub stream_id: Option<String>,
+    /// Empty means every type.
+    pub event_types: Vec<String>,
+}
+
+/// An event as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    pub position: i64,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: Value,
+    pub metadata: Value,
+    pub recorded_at: Timestamp,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+impl StoredEvent {
+    /// Decodes the payload (upcasting old versions).
+    pub fn decode(&self) -> Result<Event, StoreError> {
+        Ok(codec::decode(&self.event_type, self.schema_version, self.payload.clone())?)
+    }
+}
+
+/// Reads a page of events in position order.
+pub async fn read(pool: &PgPool, filter: &ReadFilter, secrets: Secrets) -> Result<Vec<StoredEvent>, StoreError> {
+    let limit = filter.limit.clamp(1, 10_000);
+    let rows = sqlx::query(
+        "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
+         payload, metadata, recorded_at, prev_hash, hash FROM events \
+         WHERE position > $1 AND ($2::text IS NULL OR stream_id = $2) \
+         AND (cardinality($3::text[]) = 0 OR event_type = ANY($3)) \
+         ORDER BY position LIMIT $4",
+    )
+    .bind(filter.after)
+    .bind(&filter.stream_id)
+    .bind(&filter.event_types)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let mut e = StoredEvent {
+                position: r.try_get("position")?,
+                stream_id: r.try_get("stream_id")?,
+                stream_version: r.try_get("stream_version")?,
+                event_id: r.try_get("event_id")?,
+                event_type: r.try_get("event_type")?,
+                schema_version: r.try_get("schema_version")?,
+                payload: r.try_get("payload")?,
+                metadata: r.try_get("metadata")?,
+                recorded_at: r.try_get("recorded_at")?,
+                prev_hash: r.try_get("prev_hash")?,
+                hash: r.try_get("hash")?,
+            };
+            if secrets == Secrets::Redact {
+                redact(&mut e.payload);
+            }
+            Ok(e)
+        })
+        .collect()
+}
+
+/// Folds every event after `state.revision` into `state`, page by page.
+pub async fn catch_up(pool: &PgPool, state: &mut State) -> Result<u64, StoreError> {
+    let mut n = 0;
+    loop {
+        let page = read(pool, &ReadFilter { after: state.revision, limit: 10_000, ..Default::default() }, Secrets::Keep).await?;
+        if page.is_empty() {
+            return Ok(n);
+        }
+        for e in &page {
+            state.apply_at(e.position, &e.decode()?);
+            n += 1;
+        }
+    }
+}
+
+/// The result of walking the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Events checked.
+    pub checked: i64,
+    /// Hash of the last event checked (hex).
+    pub head_hash: String,
+    /// The first problem found: its position and what is wrong.
+    pub first_error: Option<(i64, String)>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.first_error.is_none()
+    }
+}
+
+/// Walks the whole chain: dense positions, each `prev_hash` the previous `hash`, each hash
+/// recomputed from the stored fields, stream versions dense, and the head row matching.
+pub async fn verify(pool: &PgPool) -> Result<VerifyReport, StoreError> {
+    let mut prev = GENESIS;
+    let mut expected = 1i64;
+    let mut stream_versions: HashMap<String, i64> = HashMap::new();
+    let mut report = VerifyReport { checked: 0, head_hash: hex::encode(GENESIS), first_error: None };
+    loop {
+        let page = read(pool, &ReadFilter { after: expected - 1, limit: 5_000, ..Default::default() }, Secrets::Keep).await?;
+        if page.is_empty() {
+            break;
+        }
+        for e in &page {
+            let fail = |why: String| Some((e.position, why));
+            let last = stream_versions.entry(e.stream_id.clone()).or_insert(0);
+            let recomputed = chain::hash(
+                &prev,
+                &Hashed {
+                    position: e.position,
+                    stream_id: &e.stream_id,
+                    stream_version: e.stream_version,
+                    event_id: e.event_id,
+                    event_type: &e.event_type,
+                    schema_version: e.schema_version,
+                    payload: &e.payload,
+                    metadata: &e.metadata,
+                    recorded_at_micros: e.recorded_at.timestamp_micros(),
+                },
+            );
+            report.first_error = if e.position != expected {
+                fail(format!("expected position {expected}: the log has a gap"))
+            } else if e.prev_hash != prev {
+                fail("prev_hash does not match the previous event's hash".to_owned())
+            } else if e.hash != recomputed {
+                fail("hash does not match the stored fields: the row was altered".to_owned())
+            } else if e.stream_version != *last + 1 {
+                fail(format!("stream {} version {} follows {}", e.stream_id, e.stream_version, last))
+            } else {
+                None
+            };
+            if report.first_error.is_some() {
+                return Ok(report);
+            }
+            *last = e.stream_version;
+            prev = recomputed;
+            expected += 1;
+            report.checked += 1;
+            report.head_hash = hex::encode(prev);
+        }
+    }
+    let row = sqlx::query("SELECT position, hash FROM log_head").fetch_one(pool).await?;
+    let (pos, hash): (i64, Vec<u8>) = (row.try_get("position")?, row.try_get("hash")?);
+    if pos != expected - 1 || hash != prev {
+        report.first_error = Some((pos, format!("log head says position {pos}, the chain ends at {}", expected - 1)));
+    }
+    Ok(report)
+}
+
+/// Streams touched by a list of events (for callers that need to know what a batch changed).
+pub fn streams_of(events: &[Event]) -> BTreeSet<StreamKey> {
+    events.iter().map(Event::stream).collect()
+}

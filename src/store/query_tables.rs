@@ -1,0 +1,168 @@
+//! The query tables (`nodes`, `services`, `agents`, `settings`): rows derived from the state,
+//! written in the append transaction for the entities a batch touched, and rebuilt from the
+//! log on demand. Rows come from one function per table, so incremental updates and rebuilds
+//! cannot disagree.
+
+use super::StoreError;
+use super::log::catch_up;
+use crate::domain::{Agent, AgentId, Node, NodeId, Service, ServiceId, State};
+use crate::events::StreamKey;
+use crate::events::redact::redact;
+use serde_json::{Value, json};
+// Table and column names below are compile-time constants of this module, never input.
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use std::collections::BTreeSet;
+
+/// Entities a batch touched.
+#[derive(Debug, Default)]
+pub struct Touched {
+    nodes: BTreeSet<NodeId>,
+    services: BTreeSet<ServiceId>,
+    agents: BTreeSet<AgentId>,
+    settings: bool,
+}
+
+impl Touched {
+    pub fn add(&mut self, key: &StreamKey) {
+        match key {
+            StreamKey::Node(id) => {
+                self.nodes.insert(id.clone());
+            }
+            StreamKey::Service(id) => {
+                self.services.insert(id.clone());
+            }
+            StreamKey::Agent(id) => {
+                self.agents.insert(id.clone());
+            }
+            StreamKey::Settings => self.settings = true,
+        }
+    }
+}
+
+fn node_row(n: &Node) -> Value {
+    serde_json::to_value(n).unwrap_or_default()
+}
+
+fn service_row(s: &Service) -> Value {
+    serde_json::to_value(s).unwrap_or_default()
+}
+
+fn agent_row(a: &Agent) -> Value {
+    let mut details = serde_json::to_value(a).unwrap_or_default();
+    redact(&mut details);
+    json!({
+        "agent_id": a.agent_id,
+        "agent_type": a.agent_type,
+        "runs_on_node_id": a.runs_on_node_id,
+        "pmm_agent_id": a.pmm_agent_id,
+        "node_id": a.node_id,
+        "service_id": a.service_id,
+        "custom_labels": if a.custom_labels.is_empty() { Value::Null } else { json!(a.custom_labels) },
+        "disabled": a.disabled,
+        "status": a.status.as_str(),
+        "connected": a.connected,
+        "listen_port": a.listen_port,
+        "version": a.version,
+        "process_exec_path": a.process_exec_path,
+        "username": a.username,
+        "log_level": a.log_level,
+        "push_metrics": a.exporter.push_metrics,
+        "details": details,
+        "created_at": a.created_at,
+        "updated_at": a.updated_at,
+    })
+}
+
+async fn replace_rows(
+    conn: &mut PgConnection,
+    table: &str,
+    key: &str,
+    ids: Vec<String>,
+    rows: Vec<Value>,
+) -> Result<(), sqlx::Error> {
+    if !ids.is_empty() {
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE {key} = ANY($1)"))).bind(ids).execute(&mut *conn).await?;
+    }
+    for chunk in rows.chunks(2_000) {
+        sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1)")))
+            .bind(Value::Array(chunk.to_vec()))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Rewrites the rows of the touched entities from `state` (delete, then insert those that
+/// still exist).
+pub async fn update(conn: &mut PgConnection, state: &State, touched: &Touched) -> Result<(), sqlx::Error> {
+    if !touched.nodes.is_empty() {
+        let rows = touched.nodes.iter().filter_map(|id| state.nodes.get(id)).map(|n| node_row(n)).collect();
+        let ids = touched.nodes.iter().map(|i| i.0.clone()).collect();
+        replace_rows(conn, "nodes", "node_id", ids, rows).await?;
+    }
+    if !touched.services.is_empty() {
+        let rows = touched.services.iter().filter_map(|id| state.services.get(id)).map(|s| service_row(s)).collect();
+        let ids = touched.services.iter().map(|i| i.0.clone()).collect();
+        replace_rows(conn, "services", "service_id", ids, rows).await?;
+    }
+    if !touched.agents.is_empty() {
+        let rows = touched.agents.iter().filter_map(|id| state.agents.get(id)).map(|a| agent_row(a)).collect();
+        let ids = touched.agents.iter().map(|i| i.0.clone()).collect();
+        replace_rows(conn, "agents", "agent_id", ids, rows).await?;
+    }
+    if touched.settings {
+        write_settings(conn, state).await?;
+    }
+    Ok(())
+}
+
+async fn write_settings(conn: &mut PgConnection, state: &State) -> Result<(), sqlx::Error> {
+    let doc = serde_json::to_value(&*state.settings).unwrap_or_default();
+    sqlx::query("UPDATE settings SET settings = $1").bind(doc).execute(conn).await?;
+    Ok(())
+}
+
+/// What a rebuild did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub events: u64,
+    pub nodes: usize,
+    pub services: usize,
+    pub agents: usize,
+}
+
+/// Drops every query-table row and recreates them from the whole log, in one transaction
+/// (readers see the old rows until it commits).
+pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, StoreError> {
+    let mut state = State::default();
+    let events = catch_up(pool, &mut state).await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("LOCK TABLE log_head IN EXCLUSIVE MODE").execute(&mut *tx).await?;
+    // Events appended between the read above and the lock are folded in too.
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head").fetch_one(&mut *tx).await?;
+    let events = if head != state.revision { events + catch_up(pool, &mut state).await? } else { events };
+    sqlx::query("TRUNCATE nodes, services, agents").execute(&mut *tx).await?;
+    let nodes: Vec<Value> = state.nodes.values().map(|n| node_row(n)).collect();
+    let services: Vec<Value> = state.services.values().map(|s| service_row(s)).collect();
+    let agents: Vec<Value> = state.agents.values().map(|a| agent_row(a)).collect();
+    let report = RebuildReport { events, nodes: nodes.len(), services: services.len(), agents: agents.len() };
+    replace_rows(&mut tx, "nodes", "node_id", vec![], nodes).await?;
+    replace_rows(&mut tx, "services", "service_id", vec![], services).await?;
+    replace_rows(&mut tx, "agents", "agent_id", vec![], agents).await?;
+    write_settings(&mut tx, &state).await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// Every query-table row as JSON, in key order: for comparing two databases or a table with
+/// its rebuild.
+pub async fn snapshot(pool: &PgPool) -> Result<Vec<Value>, StoreError> {
+    let mut out = Vec::new();
+    for (table, key) in [("nodes", "node_id"), ("services", "service_id"), ("agents", "agent_id"), ("settings", "id")] {
+        let rows: Vec<Value> = sqlx::query_scalar(AssertSqlSafe(format!("SELECT to_jsonb(t) FROM {table} t ORDER BY {key}")))
+            .fetch_all(pool)
+            .await?;
+        out.extend(rows);
+    }
+    Ok(out)
+}
