@@ -1,0 +1,246 @@
+//! Wiring: open the database (private or external), load the cluster key, start the
+//! dispatcher, record the PMM Server's fixtures and the environment's settings, serve the
+//! debug endpoint, and shut down in order (HTTP, writer, pool, private PostgreSQL).
+
+use crate::commands::bootstrap::BootstrapServer;
+use crate::commands::dispatcher::{Dispatcher, DispatcherConfig};
+use crate::commands::settings::ChangeSettings;
+use crate::commands::{Command, CommandMeta};
+use crate::config::{CliCommand, DbArgs, EventsArgs, ServeArgs};
+use crate::crypto::Cipher;
+use crate::domain::settings::EnvSettings;
+use crate::embedded_pg::EmbeddedPostgres;
+use crate::store::{self, ReadFilter, Secrets};
+use anyhow::Context as _;
+use sqlx::PgPool;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+/// The command id of the PMM Server fixtures: every start sends it, the first one records it.
+pub const BOOTSTRAP_COMMAND_ID: &str = "bootstrap-pmm-server";
+
+/// Runs one CLI command to completion.
+pub async fn run(command: CliCommand) -> anyhow::Result<()> {
+    match command {
+        CliCommand::Serve(args) => {
+            let listener = TcpListener::bind(args.debug_addr)
+                .await
+                .with_context(|| format!("binding the debug endpoint {}", args.debug_addr))?;
+            serve(args, listener, shutdown_signal()).await
+        }
+        CliCommand::Verify(db) => with_database(&db, verify).await,
+        CliCommand::Rebuild(db) => with_database(&db, rebuild).await,
+        CliCommand::Events(args) => {
+            let db = args.db.clone();
+            with_database(&db, |pool| print_events(pool, args)).await
+        }
+        CliCommand::Bench(args) => crate::bench::run(args).await,
+    }
+}
+
+/// A database handle and the private server behind it, if any.
+pub struct Database {
+    pub pool: PgPool,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Opens the configured database, starting the private one when no URL is given, and
+    /// applies the migrations.
+    pub async fn open(db: &DbArgs, connections: u32) -> anyhow::Result<Self> {
+        let (url, embedded) = match &db.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                std::fs::create_dir_all(&db.data_dir).with_context(|| {
+                    format!("creating the data directory {}", db.data_dir.display())
+                })?;
+                let pg = EmbeddedPostgres::start(&db.data_dir, db.pg_bin_dir.as_deref()).await?;
+                (pg.database_url(), Some(pg))
+            }
+        };
+        let pool = store::connect(&url, connections)
+            .await
+            .context("connecting to PostgreSQL")?;
+        Ok(Self { pool, embedded })
+    }
+
+    /// Closes the pool, then stops the private server.
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        if let Some(pg) = self.embedded {
+            pg.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+async fn with_database<F, Fut>(db: &DbArgs, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let database = Database::open(db, 4).await?;
+    let result = f(database.pool.clone()).await;
+    database.close().await?;
+    result
+}
+
+async fn verify(pool: PgPool) -> anyhow::Result<()> {
+    let report = store::log::verify(&pool).await?;
+    match &report.first_error {
+        None => {
+            println!(
+                "ok: {} events, head hash {}",
+                report.checked, report.head_hash
+            );
+            Ok(())
+        }
+        Some((position, why)) => anyhow::bail!(
+            "chain broken at position {position}: {why} ({} events verified before it)",
+            report.checked
+        ),
+    }
+}
+
+async fn rebuild(pool: PgPool) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let r = store::query_tables::rebuild(&pool).await?;
+    println!(
+        "rebuilt from {} events in {:.2?}: {} nodes, {} services, {} agents",
+        r.events,
+        started.elapsed(),
+        r.nodes,
+        r.services,
+        r.agents
+    );
+    Ok(())
+}
+
+async fn print_events(pool: PgPool, args: EventsArgs) -> anyhow::Result<()> {
+    let filter = ReadFilter {
+        after: args.after,
+        limit: args.limit,
+        stream_id: args.stream,
+        event_types: args.event_types,
+    };
+    for e in store::log::read(&pool, &filter, Secrets::Redact).await? {
+        let line = serde_json::json!({
+            "position": e.position,
+            "stream_id": e.stream_id,
+            "stream_version": e.stream_version,
+            "event_id": e.event_id,
+            "event_type": e.event_type,
+            "schema_version": e.schema_version,
+            "payload": e.payload,
+            "metadata": e.metadata,
+            "recorded_at": e.recorded_at,
+            "hash": hex::encode(&e.hash),
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Runs the server until `shutdown` resolves. The debug endpoint listens on `listener`
+/// (tests pass a port-0 listener).
+pub async fn serve(
+    args: ServeArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (env, warnings) =
+        EnvSettings::from_vars(std::env::vars()).context("reading PMM_* settings variables")?;
+    for w in warnings {
+        warn!(warning = %w, "environment");
+    }
+    std::fs::create_dir_all(&args.db.data_dir)
+        .with_context(|| format!("creating the data directory {}", args.db.data_dir.display()))?;
+    let key_path = args
+        .cluster_key_file
+        .clone()
+        .unwrap_or_else(|| args.db.data_dir.join("cluster.key"));
+    // The key is loaded (or created) at start so a bad key file fails fast; the API edge
+    // seals secrets with it before they reach a command.
+    let _cipher = match &args.cluster_key_file {
+        Some(p) => Cipher::load(p)?,
+        None => Cipher::load_or_create(&key_path)?,
+    };
+    let database = Database::open(&args.db, args.db_connections).await?;
+    let config = DispatcherConfig {
+        max_batch: args.max_batch as usize,
+        env: Arc::new(env.clone()),
+        node_name: args.node_name.clone(),
+        ..DispatcherConfig::default()
+    };
+    let (dispatcher, writer) = Dispatcher::start(database.pool.clone(), config).await?;
+    let boot = CommandMeta::with_id(BOOTSTRAP_COMMAND_ID, "system");
+    dispatcher
+        .dispatch(Command::BootstrapServer(BootstrapServer), boot)
+        .await
+        .context("recording the PMM Server node")?;
+    if !env.is_empty() {
+        let change = Command::ChangeSettings(ChangeSettings::from_env(&env));
+        dispatcher
+            .dispatch(change, CommandMeta::new("env"))
+            .await
+            .context("applying PMM_* settings variables")?;
+    }
+    let revision = dispatcher.state().revision;
+    let addr = listener.local_addr()?;
+    info!(%addr, revision, key = %key_path.display(), data_dir = %args.db.data_dir.display(), "pmm-cp ready");
+    println!("pmm-cp ready: debug http://{addr}/debug/health, revision {revision}");
+    let router = crate::app::debug_router(dispatcher.clone());
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("debug endpoint")?;
+    info!("shutting down");
+    drop(dispatcher);
+    if let Err(e) = writer.await {
+        warn!(error = %e, "the dispatcher task ended abnormally");
+    }
+    database.close().await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// `GET /debug/health`: the applied revision and the size of the inventory.
+pub fn debug_router(dispatcher: Dispatcher) -> axum::Router {
+    use axum::{Json, routing::get};
+    axum::Router::new().route(
+        "/debug/health",
+        get(move || {
+            let state = dispatcher.state();
+            async move {
+                Json(serde_json::json!({
+                    "status": "ok",
+                    "revision": state.revision,
+                    "nodes": state.nodes.len(),
+                    "services": state.services.len(),
+                    "agents": state.agents.len(),
+                }))
+            }
+        }),
+    )
+}

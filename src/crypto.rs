@@ -16,7 +16,10 @@ const NONCE_LEN: usize = 12;
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
     #[error("cluster key file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cluster key file {path} must hold 64 hex characters (a 256-bit key)")]
     BadKey { path: String },
     #[error("a sealed value could not be opened: wrong cluster key or damaged value")]
@@ -38,7 +41,9 @@ impl std::fmt::Debug for Cipher {
 impl Cipher {
     /// A cipher from raw key bytes.
     pub fn from_key(key: &[u8; 32]) -> Self {
-        Self { aead: Arc::new(Aes256Gcm::new(key.into())) }
+        Self {
+            aead: Arc::new(Aes256Gcm::new(key.into())),
+        }
     }
 
     /// A cipher with a fresh random key (tests, benchmarks).
@@ -48,7 +53,10 @@ impl Cipher {
 
     /// Loads the key from `path`, creating it (mode 0600) with a random key if it is missing.
     pub fn load_or_create(path: &Path) -> Result<Self, CryptoError> {
-        let io = |source| CryptoError::Io { path: path.display().to_string(), source };
+        let io = |source| CryptoError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(path, &text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -71,13 +79,17 @@ impl Cipher {
 
     /// Loads an existing key file.
     pub fn load(path: &Path) -> Result<Self, CryptoError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| CryptoError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CryptoError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
     fn parse(path: &Path, text: &str) -> Result<Self, CryptoError> {
-        let bad = || CryptoError::BadKey { path: path.display().to_string() };
+        let bad = || CryptoError::BadKey {
+            path: path.display().to_string(),
+        };
         let bytes = hex::decode(text.trim()).map_err(|_| bad())?;
         let key: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
         Ok(Self::from_key(&key))
@@ -99,13 +111,19 @@ impl Cipher {
 
     /// Decrypts a sealed secret. Only the projections that hand secrets to a pmm-agent call this.
     pub fn open(&self, sealed: &Sealed) -> Result<String, CryptoError> {
-        let b64 = sealed.as_sealed_str().strip_prefix(SEALED_PREFIX).ok_or(CryptoError::Open)?;
+        let b64 = sealed
+            .as_sealed_str()
+            .strip_prefix(SEALED_PREFIX)
+            .ok_or(CryptoError::Open)?;
         let buf = B64.decode(b64).map_err(|_| CryptoError::Open)?;
         if buf.len() < NONCE_LEN {
             return Err(CryptoError::Open);
         }
         let (nonce, ct) = buf.split_at(NONCE_LEN);
-        let plain = self.aead.decrypt(Nonce::from_slice(nonce), ct).map_err(|_| CryptoError::Open)?;
+        let plain = self
+            .aead
+            .decrypt(Nonce::from_slice(nonce), ct)
+            .map_err(|_| CryptoError::Open)?;
         String::from_utf8(plain).map_err(|_| CryptoError::Open)
     }
 }
@@ -121,6 +139,9 @@ mod tests {
         assert!(!s.as_sealed_str().contains("hunter2"));
         assert_eq!(c.open(&s).expect("opens"), "hunter2");
         assert_ne!(c.seal("hunter2"), s, "fresh nonce each time");
-        assert!(Cipher::random().open(&s).is_err(), "another key cannot open it");
+        assert!(
+            Cipher::random().open(&s).is_err(),
+            "another key cannot open it"
+        );
     }
 }

@@ -6,9 +6,14 @@ use super::agents::{AddAgent, CreateOpts, create_agent};
 use super::nodes::AddNode;
 use super::services::{AddService, create_service};
 use super::{Decision, Rejection, non_empty};
-use crate::domain::agent::{AwsOptions, AzureOptions, MongoOptions, MysqlOptions, PostgresqlOptions, QanOptions, ValkeyOptions};
+use crate::domain::agent::{
+    AwsOptions, AzureOptions, MongoOptions, MysqlOptions, PostgresqlOptions, QanOptions,
+    ValkeyOptions,
+};
 use crate::domain::labels::Labels;
-use crate::domain::{AgentId, AgentType, LogLevel, NodeId, NodeType, PMM_SERVER_ID, Sealed, ServiceId, ServiceType};
+use crate::domain::{
+    AgentId, AgentType, LogLevel, NodeId, NodeType, PMM_SERVER_ID, Sealed, ServiceId, ServiceType,
+};
 
 /// How an exporter delivers metrics. Unspecified means push, except on `pmm-server`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,8 +89,18 @@ pub struct AddServiceCommon {
 /// What differs per service type.
 #[derive(Clone, Debug)]
 pub enum ServiceKind {
-    Mysql { qan_perfschema: bool, qan_slowlog: bool, mysql: MysqlOptions, qan: QanOptions },
-    Mongodb { qan_profiler: bool, qan_mongolog: bool, mongo: MongoOptions, qan: QanOptions },
+    Mysql {
+        qan_perfschema: bool,
+        qan_slowlog: bool,
+        mysql: MysqlOptions,
+        qan: QanOptions,
+    },
+    Mongodb {
+        qan_profiler: bool,
+        qan_mongolog: bool,
+        mongo: MongoOptions,
+        qan: QanOptions,
+    },
     Postgresql {
         database_name: String,
         qan_pgstatements: bool,
@@ -94,8 +109,14 @@ pub enum ServiceKind {
         qan: QanOptions,
     },
     Proxysql,
-    Valkey { valkey: ValkeyOptions },
-    Haproxy { listen_port: Option<u32>, scheme: Option<String>, metrics_path: Option<String> },
+    Valkey {
+        valkey: ValkeyOptions,
+    },
+    Haproxy {
+        listen_port: Option<u32>,
+        scheme: Option<String>,
+        metrics_path: Option<String>,
+    },
     External {
         runs_on_node_id: Option<NodeId>,
         listen_port: Option<u32>,
@@ -163,29 +184,70 @@ impl AddManagedService {
             ..AddService::default()
         };
         match &self.kind {
-            ServiceKind::Haproxy { listen_port, scheme, metrics_path } => {
+            ServiceKind::Haproxy {
+                listen_port,
+                scheme,
+                metrics_path,
+            } => {
                 (service.address, service.port, service.socket) = (None, None, None);
-                let service_id = { let id = ServiceId::from(d.new_id()); create_service(d, &service, id) }?;
-                self.add_external_exporter(d, service_id, node_id, *listen_port, scheme, metrics_path)
+                let service_id = {
+                    let id = ServiceId::from(d.new_id());
+                    create_service(d, &service, id)
+                }?;
+                self.add_external_exporter(
+                    d,
+                    service_id,
+                    node_id,
+                    *listen_port,
+                    scheme,
+                    metrics_path,
+                )
             }
-            ServiceKind::External { runs_on_node_id, listen_port, scheme, metrics_path, group } => {
+            ServiceKind::External {
+                runs_on_node_id,
+                listen_port,
+                scheme,
+                metrics_path,
+                group,
+            } => {
                 if c.add_node.is_none() && runs_on_node_id.as_ref().is_none_or(|r| r.0.is_empty()) {
-                    return Err(Rejection::invalid("runs_on_node_id and node_id should be specified together."));
+                    return Err(Rejection::invalid(
+                        "runs_on_node_id and node_id should be specified together.",
+                    ));
                 }
                 (service.address, service.port, service.socket) = (None, None, None);
                 service.external_group.clone_from(group);
-                let service_id = { let id = ServiceId::from(d.new_id()); create_service(d, &service, id) }?;
-                let runs_on = runs_on_node_id.clone().filter(|r| !r.0.is_empty()).unwrap_or(node_id);
-                self.add_external_exporter(d, service_id, runs_on, *listen_port, scheme, metrics_path)
+                let service_id = {
+                    let id = ServiceId::from(d.new_id());
+                    create_service(d, &service, id)
+                }?;
+                let runs_on = runs_on_node_id
+                    .clone()
+                    .filter(|r| !r.0.is_empty())
+                    .unwrap_or(node_id);
+                self.add_external_exporter(
+                    d,
+                    service_id,
+                    runs_on,
+                    *listen_port,
+                    scheme,
+                    metrics_path,
+                )
             }
             kind => {
-                let pmm_agent = c.pmm_agent_id.clone().filter(|p| !p.0.is_empty())
+                let pmm_agent = c
+                    .pmm_agent_id
+                    .clone()
+                    .filter(|p| !p.0.is_empty())
                     .ok_or_else(|| Rejection::invalid("pmm_agent_id: value must not be empty."))?;
                 let push = push_for(c.metrics_mode, &pmm_agent)?;
                 if let ServiceKind::Postgresql { database_name, .. } = kind {
                     service.database_name.clone_from(database_name);
                 }
-                let service_id = { let id = ServiceId::from(d.new_id()); create_service(d, &service, id) }?;
+                let service_id = {
+                    let id = ServiceId::from(d.new_id());
+                    create_service(d, &service, id)
+                }?;
                 self.add_db_agents(d, kind, service_id, pmm_agent, push)
             }
         }
@@ -199,11 +261,15 @@ impl AddManagedService {
         let node_name = non_empty(&c.node_name);
         let given = [node_id.is_some(), node_name.is_some(), c.add_node.is_some()];
         if given.iter().filter(|g| **g).count() != 1 {
-            return Err(Rejection::invalid("expected only one param; node id, node name or register node params"));
+            return Err(Rejection::invalid(
+                "expected only one param; node id, node name or register node params",
+            ));
         }
         if let Some(add) = &c.add_node {
             if add.node_type != Some(NodeType::Remote) {
-                return Err(Rejection::invalid("add_node structure can be used only for remote nodes"));
+                return Err(Rejection::invalid(
+                    "add_node structure can be used only for remote nodes",
+                ));
             }
             let address = non_empty(&c.address).ok_or_else(|| {
                 Rejection::invalid("address: required when a new node is added with add_node.")
@@ -225,12 +291,18 @@ impl AddManagedService {
             return node.decide(d);
         }
         let node = match (&node_id, &node_name) {
-            (Some(id), _) => d.state().nodes.get(id).ok_or_else(|| Rejection::node_not_found(id))?,
+            (Some(id), _) => d
+                .state()
+                .nodes
+                .get(id)
+                .ok_or_else(|| Rejection::node_not_found(id))?,
             (_, Some(name)) => d.state().node_by_name(name).ok_or_else(|| {
                 Rejection::not_found(format!("Node with name {name:?} not found."))
             })?,
             (None, None) => {
-                return Err(Rejection::invalid("expected only one param; node id, node name or register node params"));
+                return Err(Rejection::invalid(
+                    "expected only one param; node id, node name or register node params",
+                ));
             }
         };
         if !matches!(node.node_type, NodeType::Generic | NodeType::Container) {
@@ -243,7 +315,13 @@ impl AddManagedService {
         Ok(node.node_id.clone())
     }
 
-    fn exporter(&self, agent_type: AgentType, service_id: &ServiceId, pmm_agent: &AgentId, push: bool) -> AddAgent {
+    fn exporter(
+        &self,
+        agent_type: AgentType,
+        service_id: &ServiceId,
+        pmm_agent: &AgentId,
+        push: bool,
+    ) -> AddAgent {
         let c = &self.common;
         let mut a = AddAgent::new(agent_type);
         a.pmm_agent_id = Some(pmm_agent.clone());
@@ -274,9 +352,22 @@ impl AddManagedService {
         let mut agents = Vec::new();
         let exporter = |t| self.exporter(t, &service_id, &pmm_agent, push);
         match kind {
-            ServiceKind::Mysql { qan_perfschema, qan_slowlog, mysql, qan } => {
-                let mysql = MysqlOptions { tablestats_group_table_limit: tablestats_limit(mysql.tablestats_group_table_limit), ..mysql.clone() };
-                let qan = QanOptions { max_query_log_size: slowlog_size(qan.max_query_log_size), ..qan.clone() };
+            ServiceKind::Mysql {
+                qan_perfschema,
+                qan_slowlog,
+                mysql,
+                qan,
+            } => {
+                let mysql = MysqlOptions {
+                    tablestats_group_table_limit: tablestats_limit(
+                        mysql.tablestats_group_table_limit,
+                    ),
+                    ..mysql.clone()
+                };
+                let qan = QanOptions {
+                    max_query_log_size: slowlog_size(qan.max_query_log_size),
+                    ..qan.clone()
+                };
                 for (wanted, t) in [
                     (true, AgentType::MysqldExporter),
                     (*qan_perfschema, AgentType::QanMysqlPerfschemaAgent),
@@ -286,14 +377,23 @@ impl AddManagedService {
                         let mut a = exporter(t);
                         a.mysql = mysql.clone();
                         a.qan = QanOptions {
-                            max_query_log_size: if t == AgentType::QanMysqlSlowlogAgent { qan.max_query_log_size } else { 0 },
+                            max_query_log_size: if t == AgentType::QanMysqlSlowlogAgent {
+                                qan.max_query_log_size
+                            } else {
+                                0
+                            },
                             ..qan.clone()
                         };
                         agents.push(a);
                     }
                 }
             }
-            ServiceKind::Mongodb { qan_profiler, qan_mongolog, mongo, qan } => {
+            ServiceKind::Mongodb {
+                qan_profiler,
+                qan_mongolog,
+                mongo,
+                qan,
+            } => {
                 for (wanted, t) in [
                     (true, AgentType::MongodbExporter),
                     (*qan_profiler, AgentType::QanMongodbProfilerAgent),
@@ -302,21 +402,37 @@ impl AddManagedService {
                     if wanted {
                         let mut a = exporter(t);
                         a.mongo = mongo.clone();
-                        a.qan = QanOptions { query_examples_disabled: false, max_query_log_size: 0, ..qan.clone() };
+                        a.qan = QanOptions {
+                            query_examples_disabled: false,
+                            max_query_log_size: 0,
+                            ..qan.clone()
+                        };
                         agents.push(a);
                     }
                 }
             }
-            ServiceKind::Postgresql { qan_pgstatements, qan_pgstatmonitor, postgresql, qan, .. } => {
+            ServiceKind::Postgresql {
+                qan_pgstatements,
+                qan_pgstatmonitor,
+                postgresql,
+                qan,
+                ..
+            } => {
                 for (wanted, t) in [
                     (true, AgentType::PostgresExporter),
                     (*qan_pgstatements, AgentType::QanPostgresqlPgstatementsAgent),
-                    (*qan_pgstatmonitor, AgentType::QanPostgresqlPgstatmonitorAgent),
+                    (
+                        *qan_pgstatmonitor,
+                        AgentType::QanPostgresqlPgstatmonitorAgent,
+                    ),
                 ] {
                     if wanted {
                         let mut a = exporter(t);
                         a.postgresql = postgresql.clone();
-                        a.qan = QanOptions { max_query_log_size: 0, ..qan.clone() };
+                        a.qan = QanOptions {
+                            max_query_log_size: 0,
+                            ..qan.clone()
+                        };
                         agents.push(a);
                     }
                 }
@@ -363,7 +479,10 @@ impl AddManagedService {
         a.scheme = scheme.clone();
         a.metrics_path = metrics_path.clone();
         a.custom_labels = Labels::new();
-        let opts = CreateOpts { haproxy_ok: true, ..CreateOpts::INVENTORY };
+        let opts = CreateOpts {
+            haproxy_ok: true,
+            ..CreateOpts::INVENTORY
+        };
         create_agent(d, &a, opts).map(drop)
     }
 }
@@ -386,7 +505,15 @@ pub fn is_aws_region(r: &str) -> bool {
             matches!(*area, "us" | "eu" | "ap" | "sa" | "ca" | "me" | "af" | "il")
                 && matches!(
                     *dir,
-                    "north" | "south" | "east" | "west" | "central" | "northeast" | "northwest" | "southeast" | "southwest"
+                    "north"
+                        | "south"
+                        | "east"
+                        | "west"
+                        | "central"
+                        | "northeast"
+                        | "northwest"
+                        | "southeast"
+                        | "southwest"
                 )
                 && digit(n)
         }
@@ -438,20 +565,40 @@ impl AddRdsService {
     pub fn decide(&self, d: &mut Decision<'_>) -> Result<(), Rejection> {
         if !is_aws_region(&self.region) {
             let shown: String = self.region.chars().take(64).collect();
-            return Err(Rejection::invalid(format!("region: {shown:?} is not an AWS region.")));
+            return Err(Rejection::invalid(format!(
+                "region: {shown:?} is not an AWS region."
+            )));
         }
-        for (field, v) in [("instance_id", &self.instance_id), ("address", &self.address), ("username", &self.username)] {
+        for (field, v) in [
+            ("instance_id", &self.instance_id),
+            ("address", &self.address),
+            ("username", &self.username),
+        ] {
             if v.is_empty() {
-                return Err(Rejection::invalid(format!("{field}: value must not be empty.")));
+                return Err(Rejection::invalid(format!(
+                    "{field}: value must not be empty."
+                )));
             }
         }
         if self.port == 0 {
             return Err(Rejection::invalid("port: must be greater than 0."));
         }
-        let engine = self.engine.ok_or_else(|| Rejection::invalid("Unsupported RDS engine."))?;
-        let pmm_agent = self.pmm_agent_id.clone().filter(|p| !p.0.is_empty()).unwrap_or_else(|| AgentId::from(PMM_SERVER_ID));
+        let engine = self
+            .engine
+            .ok_or_else(|| Rejection::invalid("Unsupported RDS engine."))?;
+        let pmm_agent = self
+            .pmm_agent_id
+            .clone()
+            .filter(|p| !p.0.is_empty())
+            .unwrap_or_else(|| AgentId::from(PMM_SERVER_ID));
         let push = push_for(self.metrics_mode, &pmm_agent)?;
-        let or_instance = |s: &String| if s.is_empty() { self.instance_id.clone() } else { s.clone() };
+        let or_instance = |s: &String| {
+            if s.is_empty() {
+                self.instance_id.clone()
+            } else {
+                s.clone()
+            }
+        };
         let node = AddNode {
             node_type: Some(NodeType::RemoteRds),
             node_name: or_instance(&self.node_name),
@@ -477,8 +624,16 @@ impl AddRdsService {
             create_agent(d, &a, CreateOpts::INVENTORY)?;
         }
         let (service_type, exporter_type, qan_type) = match engine {
-            RdsEngine::Mysql => (ServiceType::Mysql, AgentType::MysqldExporter, AgentType::QanMysqlPerfschemaAgent),
-            RdsEngine::Postgresql => (ServiceType::Postgresql, AgentType::PostgresExporter, AgentType::QanPostgresqlPgstatementsAgent),
+            RdsEngine::Mysql => (
+                ServiceType::Mysql,
+                AgentType::MysqldExporter,
+                AgentType::QanMysqlPerfschemaAgent,
+            ),
+            RdsEngine::Postgresql => (
+                ServiceType::Postgresql,
+                AgentType::PostgresExporter,
+                AgentType::QanPostgresqlPgstatementsAgent,
+            ),
         };
         let service = AddService {
             service_type: Some(service_type),
@@ -493,7 +648,10 @@ impl AddRdsService {
             database_name: self.database.clone(),
             ..AddService::default()
         };
-        let service_id = { let id = ServiceId::from(d.new_id()); create_service(d, &service, id) }?;
+        let service_id = {
+            let id = ServiceId::from(d.new_id());
+            create_service(d, &service, id)
+        }?;
         for (wanted, t) in [(true, exporter_type), (self.qan, qan_type)] {
             if !wanted {
                 continue;
@@ -517,7 +675,8 @@ impl AddRdsService {
                     max_query_log_size: 0,
                 };
             }
-            a.mysql.tablestats_group_table_limit = tablestats_limit(self.tablestats_group_table_limit);
+            a.mysql.tablestats_group_table_limit =
+                tablestats_limit(self.tablestats_group_table_limit);
             if engine == RdsEngine::Postgresql {
                 a.mysql = MysqlOptions::default();
                 a.postgresql.max_exporter_connections = self.max_postgresql_exporter_connections;
@@ -577,15 +736,29 @@ impl AddAzureDatabase {
             ("username", &self.username),
         ] {
             if v.is_empty() {
-                return Err(Rejection::invalid(format!("{field}: value must not be empty.")));
+                return Err(Rejection::invalid(format!(
+                    "{field}: value must not be empty."
+                )));
             }
         }
         if self.port == 0 {
             return Err(Rejection::invalid("port: must be greater than 0."));
         }
-        let kind = self.kind.ok_or_else(|| Rejection::invalid("Unsupported Azure database type."))?;
-        let pmm_agent = self.pmm_agent_id.clone().filter(|p| !p.0.is_empty()).unwrap_or_else(|| AgentId::from(PMM_SERVER_ID));
-        let or_instance = |s: &String| if s.is_empty() { self.instance_id.clone() } else { s.clone() };
+        let kind = self
+            .kind
+            .ok_or_else(|| Rejection::invalid("Unsupported Azure database type."))?;
+        let pmm_agent = self
+            .pmm_agent_id
+            .clone()
+            .filter(|p| !p.0.is_empty())
+            .unwrap_or_else(|| AgentId::from(PMM_SERVER_ID));
+        let or_instance = |s: &String| {
+            if s.is_empty() {
+                self.instance_id.clone()
+            } else {
+                s.clone()
+            }
+        };
         let node = AddNode {
             node_type: Some(NodeType::RemoteAzureDatabase),
             node_name: or_instance(&self.node_name),
@@ -597,8 +770,18 @@ impl AddAzureDatabase {
         };
         let node_id = node.decide(d)?;
         let (service_type, exporter_type, qan_type, resource_type) = match kind {
-            AzureDatabaseType::Mysql => (ServiceType::Mysql, AgentType::MysqldExporter, AgentType::QanMysqlPerfschemaAgent, "mysql"),
-            AzureDatabaseType::Postgresql => (ServiceType::Postgresql, AgentType::PostgresExporter, AgentType::QanPostgresqlPgstatementsAgent, "postgres"),
+            AzureDatabaseType::Mysql => (
+                ServiceType::Mysql,
+                AgentType::MysqldExporter,
+                AgentType::QanMysqlPerfschemaAgent,
+                "mysql",
+            ),
+            AzureDatabaseType::Postgresql => (
+                ServiceType::Postgresql,
+                AgentType::PostgresExporter,
+                AgentType::QanPostgresqlPgstatementsAgent,
+                "postgres",
+            ),
         };
         let service = AddService {
             service_type: Some(service_type),
@@ -610,7 +793,10 @@ impl AddAzureDatabase {
             custom_labels: self.custom_labels.clone(),
             ..AddService::default()
         };
-        let service_id = { let id = ServiceId::from(d.new_id()); create_service(d, &service, id) }?;
+        let service_id = {
+            let id = ServiceId::from(d.new_id());
+            create_service(d, &service, id)
+        }?;
         for (wanted, t) in [(true, exporter_type), (self.qan, qan_type)] {
             if !wanted {
                 continue;
@@ -624,7 +810,8 @@ impl AddAzureDatabase {
             a.tls_skip_verify = self.tls_skip_verify;
             a.qan.query_examples_disabled = self.disable_query_examples && t.is_qan();
             if service_type == ServiceType::Mysql {
-                a.mysql.tablestats_group_table_limit = tablestats_limit(self.tablestats_group_table_limit);
+                a.mysql.tablestats_group_table_limit =
+                    tablestats_limit(self.tablestats_group_table_limit);
             }
             create_agent(d, &a, CreateOpts::INVENTORY)?;
         }
@@ -652,10 +839,25 @@ mod tests {
 
     #[test]
     fn aws_regions_follow_pmm_pattern() {
-        for ok in ["us-east-1", "eu-central-1", "ap-southeast-2", "us-gov-west-1", "cn-northwest-1", "il-central-1"] {
+        for ok in [
+            "us-east-1",
+            "eu-central-1",
+            "ap-southeast-2",
+            "us-gov-west-1",
+            "cn-northwest-1",
+            "il-central-1",
+        ] {
             assert!(is_aws_region(ok), "{ok}");
         }
-        for bad in ["", "us-east", "us-east-0", "xx-east-1", "us-middle-1", "us-gov-north-1", "us-east-12"] {
+        for bad in [
+            "",
+            "us-east",
+            "us-east-0",
+            "xx-east-1",
+            "us-middle-1",
+            "us-gov-north-1",
+            "us-east-12",
+        ] {
             assert!(!is_aws_region(bad), "{bad}");
         }
     }

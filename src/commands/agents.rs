@@ -10,7 +10,9 @@ use crate::domain::agent::{
     QanOptions, Target, ValkeyOptions,
 };
 use crate::domain::labels::{self, Labels};
-use crate::domain::limits::{MAX_SECRET_LEN, MAX_TEXT_LEN, bounded, bounded_list, bounded_opt, required};
+use crate::domain::limits::{
+    MAX_SECRET_LEN, MAX_TEXT_LEN, bounded, bounded_list, bounded_opt, required,
+};
 use crate::domain::settings::validate_resolution;
 use crate::domain::{Agent, AgentId, AgentType, LogLevel, NodeId, Sealed, ServiceId};
 use crate::events::Event;
@@ -100,26 +102,51 @@ impl AddAgent {
 /// unparsable versions are treated as supported).
 pub(crate) fn supports_push(version: Option<&str>) -> bool {
     let Some(v) = version else { return true };
-    let core = v.trim_start_matches('v').split(['-', '+']).next().unwrap_or_default();
+    let core = v
+        .trim_start_matches('v')
+        .split(['-', '+'])
+        .next()
+        .unwrap_or_default();
     let parts: Vec<u64> = match core.split('.').map(str::parse).collect::<Result<_, _>>() {
         Ok(p) => p,
         Err(_) => return true,
     };
-    let (major, minor) = (parts.first().copied().unwrap_or(0), parts.get(1).copied().unwrap_or(0));
+    let (major, minor) = (
+        parts.first().copied().unwrap_or(0),
+        parts.get(1).copied().unwrap_or(0),
+    );
     (major, minor) >= (2, 12)
 }
 
 fn require_pmm_agent(d: &Decision<'_>, id: &Option<AgentId>) -> Result<AgentId, Rejection> {
-    let id = id.clone().filter(|i| !i.0.is_empty()).ok_or_else(|| Rejection::invalid("pmm_agent_id: value must not be empty."))?;
-    let agent = d.state().agents.get(&id).ok_or_else(|| Rejection::agent_not_found(&id))?;
+    let id = id
+        .clone()
+        .filter(|i| !i.0.is_empty())
+        .ok_or_else(|| Rejection::invalid("pmm_agent_id: value must not be empty."))?;
+    let agent = d
+        .state()
+        .agents
+        .get(&id)
+        .ok_or_else(|| Rejection::agent_not_found(&id))?;
     if agent.agent_type != AgentType::PmmAgent {
-        return Err(Rejection::invalid(format!("Agent with ID {:?} is not a pmm-agent.", id.0)));
+        return Err(Rejection::invalid(format!(
+            "Agent with ID {:?} is not a pmm-agent.",
+            id.0
+        )));
     }
     Ok(id)
 }
 
-fn check_push(d: &Decision<'_>, pmm_agent: &AgentId, agent_type: AgentType) -> Result<(), Rejection> {
-    let version = d.state().agents.get(pmm_agent).and_then(|a| a.version.clone());
+fn check_push(
+    d: &Decision<'_>,
+    pmm_agent: &AgentId,
+    agent_type: AgentType,
+) -> Result<(), Rejection> {
+    let version = d
+        .state()
+        .agents
+        .get(pmm_agent)
+        .and_then(|a| a.version.clone());
     if agent_type != AgentType::VmAgent && !supports_push(version.as_deref()) {
         return Err(Rejection::failed_precondition(format!(
             "pmm-agent with ID {:?} doesn't support push metrics mode (version {}, 2.12.0 or newer needed).",
@@ -134,7 +161,10 @@ fn check_push(d: &Decision<'_>, pmm_agent: &AgentId, agent_type: AgentType) -> R
 fn only_pmm_agent_on(d: &Decision<'_>, node: &NodeId) -> Result<AgentId, Rejection> {
     let mut found = d.state().pmm_agents_on_node(node);
     match found.len() {
-        0 => Err(Rejection::not_found(format!("cannot find any pmm-agent by NodeID {:?}.", node.0))),
+        0 => Err(Rejection::not_found(format!(
+            "cannot find any pmm-agent by NodeID {:?}.",
+            node.0
+        ))),
         1 => Ok(found.remove(0)),
         n => Err(Rejection::failed_precondition(format!(
             "found {n} pmm-agents on Node with ID {:?}, expected one.",
@@ -161,7 +191,10 @@ fn validate_common(p: &AddAgent) -> Result<(), Rejection> {
         bounded_opt(field, v.as_deref(), MAX_SECRET_LEN)?;
     }
     for (field, v) in [
-        ("authentication_mechanism", &p.mongo.authentication_mechanism),
+        (
+            "authentication_mechanism",
+            &p.mongo.authentication_mechanism,
+        ),
         ("authentication_database", &p.mongo.authentication_database),
         ("azure_subscription_id", &p.azure.subscription_id),
         ("azure_client_id", &p.azure.client_id),
@@ -176,11 +209,16 @@ fn validate_common(p: &AddAgent) -> Result<(), Rejection> {
         bounded("extra_dsn_params", v, MAX_TEXT_LEN)?;
     }
     if p.qan.max_query_length < -1 {
-        return Err(Rejection::invalid("max_query_length: must be -1 (no limit), 0 (default) or positive."));
+        return Err(Rejection::invalid(
+            "max_query_length: must be -1 (no limit), 0 (default) or positive.",
+        ));
     }
     if let Some(s) = &p.scheme {
         if !matches!(s.as_str(), "" | "http" | "https") {
-            return Err(Rejection::invalid(format!("scheme: {:?} is not http or https.", truncate(s))));
+            return Err(Rejection::invalid(format!(
+                "scheme: {:?} is not http or https.",
+                truncate(s)
+            )));
         }
     }
     Ok(())
@@ -215,11 +253,18 @@ pub(crate) struct CreateOpts {
 }
 
 impl CreateOpts {
-    pub const INVENTORY: Self = Self { haproxy_ok: false, default_log_level: true };
+    pub const INVENTORY: Self = Self {
+        haproxy_ok: false,
+        default_log_level: true,
+    };
 }
 
 /// PMM's CreateAgent: validates the target and the type's parameters, emits `AgentAdded`.
-pub(crate) fn create_agent(d: &mut Decision<'_>, p: &AddAgent, opts: CreateOpts) -> Result<AgentId, Rejection> {
+pub(crate) fn create_agent(
+    d: &mut Decision<'_>,
+    p: &AddAgent,
+    opts: CreateOpts,
+) -> Result<AgentId, Rejection> {
     let haproxy_ok = opts.haproxy_ok;
     let t = p.agent_type;
     validate_common(p)?;
@@ -228,7 +273,10 @@ pub(crate) fn create_agent(d: &mut Decision<'_>, p: &AddAgent, opts: CreateOpts)
     a.custom_labels = p.custom_labels.clone();
     match t.target() {
         Target::RunsOnNode => {
-            let node = p.runs_on_node_id.clone().filter(|n| !n.0.is_empty())
+            let node = p
+                .runs_on_node_id
+                .clone()
+                .filter(|n| !n.0.is_empty())
                 .ok_or_else(|| Rejection::invalid("runs_on_node_id: value must not be empty."))?;
             if !d.state().nodes.contains_key(&node) {
                 return Err(Rejection::node_not_found(&node));
@@ -237,26 +285,46 @@ pub(crate) fn create_agent(d: &mut Decision<'_>, p: &AddAgent, opts: CreateOpts)
         }
         Target::PmmAgentNode => {
             let pmm_agent = require_pmm_agent(d, &p.pmm_agent_id)?;
-            let node = d.state().agents.get(&pmm_agent).and_then(|a| a.runs_on_node_id.clone())
-                .ok_or_else(|| Rejection::failed_precondition(format!("pmm-agent with ID {:?} runs on no node.", pmm_agent.0)))?;
+            let node = d
+                .state()
+                .agents
+                .get(&pmm_agent)
+                .and_then(|a| a.runs_on_node_id.clone())
+                .ok_or_else(|| {
+                    Rejection::failed_precondition(format!(
+                        "pmm-agent with ID {:?} runs on no node.",
+                        pmm_agent.0
+                    ))
+                })?;
             check_node_compat(d, &node, t)?;
             a.pmm_agent_id = Some(pmm_agent);
             a.node_id = Some(node);
         }
         Target::Node => {
             let pmm_agent = require_pmm_agent(d, &p.pmm_agent_id)?;
-            let node = p.node_id.clone().filter(|n| !n.0.is_empty())
+            let node = p
+                .node_id
+                .clone()
+                .filter(|n| !n.0.is_empty())
                 .ok_or_else(|| Rejection::invalid("node_id: value must not be empty."))?;
             check_node_compat(d, &node, t)?;
             a.pmm_agent_id = Some(pmm_agent);
             a.node_id = Some(node);
         }
         Target::Service => {
-            let service_id = p.service_id.clone().filter(|s| !s.0.is_empty())
+            let service_id = p
+                .service_id
+                .clone()
+                .filter(|s| !s.0.is_empty())
                 .ok_or_else(|| Rejection::invalid("service_id: value must not be empty."))?;
             if t == AgentType::ExternalExporter {
-                let node = p.runs_on_node_id.clone().filter(|n| !n.0.is_empty())
-                    .ok_or_else(|| Rejection::invalid("runs_on_node_id: value must not be empty."))?;
+                let node = p
+                    .runs_on_node_id
+                    .clone()
+                    .filter(|n| !n.0.is_empty())
+                    .ok_or_else(|| {
+                        Rejection::invalid("runs_on_node_id: value must not be empty.")
+                    })?;
                 if !d.state().nodes.contains_key(&node) {
                     return Err(Rejection::node_not_found(&node));
                 }
@@ -268,7 +336,11 @@ pub(crate) fn create_agent(d: &mut Decision<'_>, p: &AddAgent, opts: CreateOpts)
             } else {
                 a.pmm_agent_id = Some(require_pmm_agent(d, &p.pmm_agent_id)?);
             }
-            let service = d.state().services.get(&service_id).ok_or_else(|| Rejection::service_not_found(&service_id))?;
+            let service = d
+                .state()
+                .services
+                .get(&service_id)
+                .ok_or_else(|| Rejection::service_not_found(&service_id))?;
             if !t.allowed_for_service(service.service_type, haproxy_ok) {
                 return Err(Rejection::failed_precondition(format!(
                     "invalid combination of service type {} and agent type {}",
@@ -280,13 +352,19 @@ pub(crate) fn create_agent(d: &mut Decision<'_>, p: &AddAgent, opts: CreateOpts)
         }
     }
     if needs_username(t) {
-        required("username", p.username.as_deref().unwrap_or_default(), MAX_TEXT_LEN)?;
+        required(
+            "username",
+            p.username.as_deref().unwrap_or_default(),
+            MAX_TEXT_LEN,
+        )?;
     }
     if t == AgentType::PmmAgent {
         d.emit(Event::AgentAdded { agent: a });
         return Ok(id);
     }
-    a.log_level = p.log_level.or(t.default_log_level().filter(|_| opts.default_log_level));
+    a.log_level = p
+        .log_level
+        .or(t.default_log_level().filter(|_| opts.default_log_level));
     a.username = non_empty(&p.username);
     a.password = p.password.clone();
     a.tls = p.tls;
@@ -316,13 +394,21 @@ pub(crate) fn create_agent(d: &mut Decision<'_>, p: &AddAgent, opts: CreateOpts)
             a.listen_port = Some(listen_port);
             a.exporter.metrics_path =
                 Some(non_empty(&p.metrics_path).unwrap_or_else(|| "/metrics".to_owned()));
-            a.exporter.metrics_scheme = Some(non_empty(&p.scheme).unwrap_or_else(|| "http".to_owned()));
+            a.exporter.metrics_scheme =
+                Some(non_empty(&p.scheme).unwrap_or_else(|| "http".to_owned()));
         }
         MysqldExporter | QanMysqlPerfschemaAgent | QanMysqlSlowlogAgent => {
-            a.mysql = MysqlOptions { table_count: None, ..p.mysql.clone() };
+            a.mysql = MysqlOptions {
+                table_count: None,
+                ..p.mysql.clone()
+            };
         }
         PostgresExporter | QanPostgresqlPgstatementsAgent | QanPostgresqlPgstatmonitorAgent => {
-            a.postgresql = PostgresqlOptions { database_count: None, pgsm_version: None, ..p.postgresql.clone() };
+            a.postgresql = PostgresqlOptions {
+                database_count: None,
+                pgsm_version: None,
+                ..p.postgresql.clone()
+            };
         }
         MongodbExporter | QanMongodbProfilerAgent | QanMongodbMongologAgent | RtaMongodbAgent => {
             a.mongo = p.mongo.clone();
@@ -330,7 +416,10 @@ pub(crate) fn create_agent(d: &mut Decision<'_>, p: &AddAgent, opts: CreateOpts)
         ValkeyExporter => a.valkey = p.valkey.clone(),
         RdsExporter => a.aws = p.aws.clone(),
         AzureDatabaseExporter => {
-            if !matches!(p.azure.resource_type.as_str(), "mysql" | "maria" | "postgres") {
+            if !matches!(
+                p.azure.resource_type.as_str(),
+                "mysql" | "maria" | "postgres"
+            ) {
                 return Err(Rejection::invalid(
                     "azure_database_resource_type: must be one of mysql, maria, postgres.",
                 ));
@@ -344,7 +433,11 @@ pub(crate) fn create_agent(d: &mut Decision<'_>, p: &AddAgent, opts: CreateOpts)
 }
 
 fn check_node_compat(d: &Decision<'_>, node: &NodeId, t: AgentType) -> Result<(), Rejection> {
-    let n = d.state().nodes.get(node).ok_or_else(|| Rejection::node_not_found(node))?;
+    let n = d
+        .state()
+        .nodes
+        .get(node)
+        .ok_or_else(|| Rejection::node_not_found(node))?;
     if !t.allowed_on_node(n.node_type) {
         return Err(Rejection::failed_precondition(format!(
             "invalid combination of node type {} and agent type {}",
@@ -427,7 +520,12 @@ impl ChangeAgent {
     }
 
     pub fn decide(&self, d: &mut Decision<'_>) -> Result<(), Rejection> {
-        let current = d.state().agents.get(&self.agent_id).cloned().ok_or_else(|| Rejection::agent_not_found(&self.agent_id))?;
+        let current = d
+            .state()
+            .agents
+            .get(&self.agent_id)
+            .cloned()
+            .ok_or_else(|| Rejection::agent_not_found(&self.agent_id))?;
         if current.agent_type != self.agent_type {
             return Err(Rejection::failed_precondition(format!(
                 "Agent with ID {:?} is a {}, not a {}.",
@@ -452,7 +550,11 @@ impl ChangeAgent {
         }
         if let Some(r) = &self.metrics_resolutions {
             let mut m = a.exporter.metrics_resolutions.unwrap_or_default();
-            for (name, v, dst) in [("hr", r.hr, &mut m.hr_secs), ("mr", r.mr, &mut m.mr_secs), ("lr", r.lr, &mut m.lr_secs)] {
+            for (name, v, dst) in [
+                ("hr", r.hr, &mut m.hr_secs),
+                ("mr", r.mr, &mut m.mr_secs),
+                ("lr", r.lr, &mut m.lr_secs),
+            ] {
                 match v {
                     None => {}
                     Some(Duration::ZERO) => *dst = None,
@@ -486,28 +588,49 @@ impl ChangeAgent {
         }
         if a.agent_type == AgentType::ExternalExporter {
             if self.listen_port.is_some() {
-                a.listen_port = Some(port(self.listen_port)?.ok_or_else(|| Rejection::invalid("listen_port: must be in range 1..65535."))?);
+                a.listen_port = Some(port(self.listen_port)?.ok_or_else(|| {
+                    Rejection::invalid("listen_port: must be in range 1..65535.")
+                })?);
             }
             if let Some(p) = &self.metrics_path {
                 bounded("metrics_path", p, MAX_TEXT_LEN)?;
-                a.exporter.metrics_path = Some(if p.is_empty() { "/metrics".to_owned() } else { p.clone() });
+                a.exporter.metrics_path = Some(if p.is_empty() {
+                    "/metrics".to_owned()
+                } else {
+                    p.clone()
+                });
             }
             if let Some(s) = &self.scheme {
                 if !matches!(s.as_str(), "" | "http" | "https") {
-                    return Err(Rejection::invalid(format!("scheme: {:?} is not http or https.", truncate(s))));
+                    return Err(Rejection::invalid(format!(
+                        "scheme: {:?} is not http or https.",
+                        truncate(s)
+                    )));
                 }
-                a.exporter.metrics_scheme = Some(if s.is_empty() { "http".to_owned() } else { s.clone() });
+                a.exporter.metrics_scheme = Some(if s.is_empty() {
+                    "http".to_owned()
+                } else {
+                    s.clone()
+                });
             }
         }
         if a.agent_type.is_qan() {
             if let Some(m) = self.max_query_length {
                 if m < -1 {
-                    return Err(Rejection::invalid("max_query_length: must be -1 (no limit), 0 (default) or positive."));
+                    return Err(Rejection::invalid(
+                        "max_query_length: must be -1 (no limit), 0 (default) or positive.",
+                    ));
                 }
                 a.qan.max_query_length = m;
             }
-            set(&mut a.qan.query_examples_disabled, self.disable_query_examples);
-            set(&mut a.qan.comments_parsing_disabled, self.disable_comments_parsing);
+            set(
+                &mut a.qan.query_examples_disabled,
+                self.disable_query_examples,
+            );
+            set(
+                &mut a.qan.comments_parsing_disabled,
+                self.disable_comments_parsing,
+            );
             if let Some(s) = self.max_slowlog_file_size {
                 a.qan.max_query_log_size = s.max(0);
             }
@@ -524,7 +647,9 @@ impl ChangeAgent {
                 a.aws.aws_secret_key = Some(k.clone());
             }
         }
-        if let (AgentType::AzureDatabaseExporter, Some(s)) = (a.agent_type, &self.azure_client_secret) {
+        if let (AgentType::AzureDatabaseExporter, Some(s)) =
+            (a.agent_type, &self.azure_client_secret)
+        {
             a.azure.client_secret = Some(s.clone());
         }
         finish(d, &current, a)
@@ -532,19 +657,35 @@ impl ChangeAgent {
 
     fn change_push(&self, d: &Decision<'_>, a: &mut Agent, push: bool) -> Result<(), Rejection> {
         if !a.agent_type.is_exporter() {
-            return Err(Rejection::invalid(format!("{} has no push metrics mode.", a.agent_type.as_str())));
+            return Err(Rejection::invalid(format!(
+                "{} has no push metrics mode.",
+                a.agent_type.as_str()
+            )));
         }
         if a.agent_type == AgentType::ExternalExporter && push != a.exporter.push_metrics {
             if push {
-                let node = a.runs_on_node_id.clone().ok_or_else(|| Rejection::failed_precondition("external exporter runs on no node."))?;
+                let node = a.runs_on_node_id.clone().ok_or_else(|| {
+                    Rejection::failed_precondition("external exporter runs on no node.")
+                })?;
                 let pmm_agent = only_pmm_agent_on(d, &node)?;
                 check_push(d, &pmm_agent, a.agent_type)?;
                 a.pmm_agent_id = Some(pmm_agent);
                 a.runs_on_node_id = None;
             } else {
-                let pmm_agent = a.pmm_agent_id.clone().ok_or_else(|| Rejection::failed_precondition("external exporter has no pmm-agent."))?;
-                let node = d.state().agents.get(&pmm_agent).and_then(|p| p.runs_on_node_id.clone())
-                    .ok_or_else(|| Rejection::failed_precondition(format!("pmm-agent with ID {:?} runs on no node.", pmm_agent.0)))?;
+                let pmm_agent = a.pmm_agent_id.clone().ok_or_else(|| {
+                    Rejection::failed_precondition("external exporter has no pmm-agent.")
+                })?;
+                let node = d
+                    .state()
+                    .agents
+                    .get(&pmm_agent)
+                    .and_then(|p| p.runs_on_node_id.clone())
+                    .ok_or_else(|| {
+                        Rejection::failed_precondition(format!(
+                            "pmm-agent with ID {:?} runs on no node.",
+                            pmm_agent.0
+                        ))
+                    })?;
                 a.runs_on_node_id = Some(node);
                 a.pmm_agent_id = None;
             }
@@ -588,23 +729,34 @@ impl RemoveAgent {
 
 /// PMM's RemoveAgent: the `pmm-server` pmm-agent is protected; a pmm-agent with children
 /// fails on restrict and removes them first on cascade.
-pub(crate) fn remove_agent(d: &mut Decision<'_>, id: &AgentId, force: bool) -> Result<(), Rejection> {
+pub(crate) fn remove_agent(
+    d: &mut Decision<'_>,
+    id: &AgentId,
+    force: bool,
+) -> Result<(), Rejection> {
     if !d.state().agents.contains_key(id) {
         return Err(Rejection::agent_not_found(id));
     }
     if id.is_pmm_server() {
-        return Err(Rejection::permission_denied("pmm-agent on PMM Server can't be removed."));
+        return Err(Rejection::permission_denied(
+            "pmm-agent on PMM Server can't be removed.",
+        ));
     }
     let children = d.state().children_of(id);
     if !children.is_empty() {
         if !force {
-            return Err(Rejection::failed_precondition(format!("pmm-agent with ID {} has agents.", id.0)));
+            return Err(Rejection::failed_precondition(format!(
+                "pmm-agent with ID {} has agents.",
+                id.0
+            )));
         }
         for c in children {
             remove_agent(d, &c, false)?;
         }
     }
-    d.emit(Event::AgentRemoved { agent_id: id.clone() });
+    d.emit(Event::AgentRemoved {
+        agent_id: id.clone(),
+    });
     Ok(())
 }
 

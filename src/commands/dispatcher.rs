@@ -6,9 +6,9 @@
 //! number of concurrent callers. Raft goes under this task later; callers do not change.
 
 use super::{Command, CommandError, CommandMeta, Ctx, Rejection, decide};
+use crate::domain::State;
 use crate::domain::ids::truncate_to_micros;
 use crate::domain::settings::EnvSettings;
-use crate::domain::State;
 use crate::events::Event;
 use crate::store::{self, AppendItem, Batch, LogHead, StoreError};
 use serde_json::Value;
@@ -46,7 +46,12 @@ pub struct DispatcherConfig {
 
 impl Default for DispatcherConfig {
     fn default() -> Self {
-        Self { max_batch: 512, env: Arc::default(), node_name: "pmm-cp".to_owned(), conflict_retries: 3 }
+        Self {
+            max_batch: 512,
+            env: Arc::default(),
+            node_name: "pmm-cp".to_owned(),
+            conflict_retries: 3,
+        }
     }
 }
 
@@ -66,15 +71,30 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Loads the state from the log and starts the writer task.
-    pub async fn start(pool: PgPool, config: DispatcherConfig) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
+    pub async fn start(
+        pool: PgPool,
+        config: DispatcherConfig,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let mut state = State::default();
         store::log::catch_up(&pool, &mut state).await?;
         let head = LogHead::load(&pool).await?;
         let (state_tx, state_rx) = watch::channel(state.clone());
         let (jobs_tx, jobs_rx) = mpsc::channel(4096);
-        let writer = Writer { pool, config, state, head, published: state_tx };
+        let writer = Writer {
+            pool,
+            config,
+            state,
+            head,
+            published: state_tx,
+        };
         let task = tokio::spawn(writer.run(jobs_rx));
-        Ok((Self { jobs: jobs_tx, state: state_rx }, task))
+        Ok((
+            Self {
+                jobs: jobs_tx,
+                state: state_rx,
+            },
+            task,
+        ))
     }
 
     /// Decides and appends one command.
@@ -82,14 +102,29 @@ impl Dispatcher {
         self.dispatch_batch(vec![(cmd, meta)])
             .await
             .pop()
-            .unwrap_or_else(|| Err(CommandError::Internal("the writer returned no result".to_owned())))
+            .unwrap_or_else(|| {
+                Err(CommandError::Internal(
+                    "the writer returned no result".to_owned(),
+                ))
+            })
     }
 
     /// Decides and appends several commands in one transaction (all accepted ones or none).
-    pub async fn dispatch_batch(&self, items: Vec<(Command, CommandMeta)>) -> Vec<Result<Applied, CommandError>> {
+    pub async fn dispatch_batch(
+        &self,
+        items: Vec<(Command, CommandMeta)>,
+    ) -> Vec<Result<Applied, CommandError>> {
         let n = items.len();
         let (reply, rx) = oneshot::channel();
-        let stopped = || (0..n).map(|_| Err(CommandError::Unavailable("the writer has stopped".to_owned()))).collect();
+        let stopped = || {
+            (0..n)
+                .map(|_| {
+                    Err(CommandError::Unavailable(
+                        "the writer has stopped".to_owned(),
+                    ))
+                })
+                .collect()
+        };
         if self.jobs.send(Job { items, reply }).await.is_err() {
             return stopped();
         }
@@ -112,8 +147,12 @@ impl Dispatcher {
         let wait = rx.wait_for(|s| s.revision >= revision);
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(s)) => Ok(s.clone()),
-            Ok(Err(_)) => Err(CommandError::Unavailable("the writer has stopped".to_owned())),
-            Err(_) => Err(CommandError::Unavailable(format!("revision {revision} not reached within {timeout:?}"))),
+            Ok(Err(_)) => Err(CommandError::Unavailable(
+                "the writer has stopped".to_owned(),
+            )),
+            Err(_) => Err(CommandError::Unavailable(format!(
+                "revision {revision} not reached within {timeout:?}"
+            ))),
         }
     }
 }
@@ -155,7 +194,8 @@ impl Writer {
     }
 
     async fn process(&mut self, jobs: Vec<Job>) {
-        let (commands, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.items, j.reply)).unzip();
+        let (commands, replies): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.items, j.reply)).unzip();
         let flat: Vec<(Command, CommandMeta)> = commands.iter().flatten().cloned().collect();
         let mut results = self.settle(&flat).await.into_iter();
         for (items, reply) in commands.iter().zip(replies) {
@@ -166,13 +206,23 @@ impl Writer {
     }
 
     /// Decides and appends, re-deciding after a stale-base conflict a bounded number of times.
-    async fn settle(&mut self, items: &[(Command, CommandMeta)]) -> Vec<Result<Applied, CommandError>> {
+    async fn settle(
+        &mut self,
+        items: &[(Command, CommandMeta)],
+    ) -> Vec<Result<Applied, CommandError>> {
         let mut attempt = 0;
         loop {
             match self.try_batch(items).await {
-                Err(StoreError::Conflict { expected, actual }) if attempt < self.config.conflict_retries => {
+                Err(StoreError::Conflict { expected, actual })
+                    if attempt < self.config.conflict_retries =>
+                {
                     attempt += 1;
-                    warn!(expected, actual, attempt, "log head moved under the writer; catching up and re-deciding");
+                    warn!(
+                        expected,
+                        actual,
+                        attempt,
+                        "log head moved under the writer; catching up and re-deciding"
+                    );
                     if let Err(e) = self.resync().await {
                         return fail_all(items.len(), &e);
                     }
@@ -189,7 +239,10 @@ impl Writer {
         }
     }
 
-    async fn try_batch(&mut self, items: &[(Command, CommandMeta)]) -> Result<Vec<Result<Applied, CommandError>>, StoreError> {
+    async fn try_batch(
+        &mut self,
+        items: &[(Command, CommandMeta)],
+    ) -> Result<Vec<Result<Applied, CommandError>>, StoreError> {
         let ids: Vec<String> = items.iter().map(|(_, m)| m.command_id.clone()).collect();
         let known = store::log::find_command_results(&self.pool, &ids).await?;
         let mut working = self.state.clone();
@@ -200,7 +253,12 @@ impl Writer {
         for (i, (cmd, meta)) in items.iter().enumerate() {
             let id = meta.command_id.as_str();
             if let Some(&(first, last)) = known.get(id) {
-                let applied = Applied { command_id: id.to_owned(), positions: Some((first, last)), revision: self.head.position, duplicate: true };
+                let applied = Applied {
+                    command_id: id.to_owned(),
+                    positions: Some((first, last)),
+                    revision: self.head.position,
+                    duplicate: true,
+                };
                 slots.push(Slot::Done(Ok(applied)));
                 continue;
             }
@@ -209,15 +267,27 @@ impl Writer {
                 continue;
             }
             first_slot.insert(id, i);
-            let ctx = Ctx { now, seed: rand::random(), env: self.config.env.clone() };
+            let ctx = Ctx {
+                now,
+                seed: rand::random(),
+                env: self.config.env.clone(),
+            };
             match decide(&working, cmd, &ctx).and_then(check_storable) {
                 Ok(events) if events.is_empty() => {
-                    slots.push(Slot::Done(Ok(Applied { command_id: id.to_owned(), positions: None, revision: self.head.position, duplicate: false })));
+                    slots.push(Slot::Done(Ok(Applied {
+                        command_id: id.to_owned(),
+                        positions: None,
+                        revision: self.head.position,
+                        duplicate: false,
+                    })));
                 }
                 Ok(events) => {
                     events.iter().for_each(|e| working.evolve(e));
                     slots.push(Slot::Appended(append.len()));
-                    append.push(AppendItem { meta: meta.clone(), events });
+                    append.push(AppendItem {
+                        meta: meta.clone(),
+                        events,
+                    });
                 }
                 Err(rejection) => {
                     debug!(command = cmd.name(), command_id = id, class = ?rejection.class, "command rejected");
@@ -227,7 +297,12 @@ impl Writer {
         }
         let mut positions = Vec::new();
         if !append.is_empty() {
-            let batch = Batch { base_position: self.head.position, recorded_at: now, decided_by: self.config.node_name.clone(), items: append };
+            let batch = Batch {
+                base_position: self.head.position,
+                recorded_at: now,
+                decided_by: self.config.node_name.clone(),
+                items: append,
+            };
             positions = store::log::append(&self.pool, &mut self.head, &batch, &working).await?;
             working.revision = self.head.position;
             self.state = working;
@@ -237,9 +312,22 @@ impl Writer {
         let mut out: Vec<Result<Applied, CommandError>> = Vec::with_capacity(slots.len());
         for (i, slot) in slots.into_iter().enumerate() {
             let r = match slot {
-                Slot::Done(r) => r.map(|a| Applied { revision: a.revision.max(if a.duplicate { a.revision } else { revision }), ..a }),
-                Slot::Appended(n) => Ok(Applied { command_id: items[i].1.command_id.clone(), positions: Some(positions[n]), revision, duplicate: false }),
-                Slot::SameAs(j) => out[j].clone().map(|a| Applied { duplicate: true, ..a }),
+                Slot::Done(r) => r.map(|a| Applied {
+                    revision: a
+                        .revision
+                        .max(if a.duplicate { a.revision } else { revision }),
+                    ..a
+                }),
+                Slot::Appended(n) => Ok(Applied {
+                    command_id: items[i].1.command_id.clone(),
+                    positions: Some(positions[n]),
+                    revision,
+                    duplicate: false,
+                }),
+                Slot::SameAs(j) => out[j].clone().map(|a| Applied {
+                    duplicate: true,
+                    ..a
+                }),
             };
             out.push(r);
         }
@@ -261,7 +349,10 @@ impl Writer {
 
 fn fail_all(n: usize, e: &StoreError) -> Vec<Result<Applied, CommandError>> {
     let err = match e {
-        StoreError::Conflict { expected, actual } => CommandError::Conflict { expected: *expected, actual: *actual },
+        StoreError::Conflict { expected, actual } => CommandError::Conflict {
+            expected: *expected,
+            actual: *actual,
+        },
         StoreError::Database(_) => CommandError::Unavailable(format!("database: {e}")),
         _ => CommandError::Internal(e.to_string()),
     };
@@ -281,7 +372,9 @@ fn check_storable(events: Vec<Event>) -> Result<Vec<Event>, Rejection> {
     }
     for e in &events {
         if serde_json::to_value(e).map(|v| has_nul(&v)).unwrap_or(true) {
-            return Err(Rejection::invalid("text fields must not contain NUL bytes."));
+            return Err(Rejection::invalid(
+                "text fields must not contain NUL bytes.",
+            ));
         }
     }
     Ok(events)

@@ -23,7 +23,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Self { class, message: message.into() }
+        Self {
+            class,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::InvalidArgument, message)
@@ -98,7 +101,9 @@ impl CommandError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            CommandError::Conflict { .. } | CommandError::NotLeader { .. } | CommandError::Unavailable(_)
+            CommandError::Conflict { .. }
+                | CommandError::NotLeader { .. }
+                | CommandError::Unavailable(_)
         )
     }
     /// The rejection class, for errors that are business rejections.

@@ -97,7 +97,12 @@ impl CommandMeta {
     }
     /// Meta with a client-supplied command id.
     pub fn with_id(command_id: impl Into<String>, actor: impl Into<String>) -> Self {
-        Self { command_id: command_id.into(), actor: actor.into(), correlation_id: None, causation_id: None }
+        Self {
+            command_id: command_id.into(),
+            actor: actor.into(),
+            correlation_id: None,
+            causation_id: None,
+        }
     }
 }
 
@@ -113,7 +118,11 @@ pub struct Ctx {
 impl Ctx {
     /// A context with a fixed time and seed (tests and replays).
     pub fn fixed(now: Timestamp, seed: u128) -> Self {
-        Self { now, seed: seed.to_be_bytes(), env: Arc::default() }
+        Self {
+            now,
+            seed: seed.to_be_bytes(),
+            env: Arc::default(),
+        }
     }
 }
 
@@ -128,7 +137,12 @@ pub struct Decision<'a> {
 
 impl<'a> Decision<'a> {
     pub fn new(state: &State, ctx: &'a Ctx) -> Self {
-        Self { state: state.clone(), events: Vec::new(), ctx, ids_issued: 0 }
+        Self {
+            state: state.clone(),
+            events: Vec::new(),
+            ctx,
+            ids_issued: 0,
+        }
     }
     /// The state with every event emitted so far.
     pub fn state(&self) -> &State {
@@ -188,6 +202,3 @@ pub fn decide(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Vec<Event>, Rej
 pub(crate) fn non_empty(s: &Option<String>) -> Option<String> {
     s.as_ref().filter(|v| !v.is_empty()).cloned()
 }
-
-#[cfg(test)]
-pub(crate) mod testkit;

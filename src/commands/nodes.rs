@@ -42,10 +42,17 @@ pub(crate) fn create_node(
     node_id: NodeId,
     is_pmm_server_node: bool,
 ) -> Result<NodeId, Rejection> {
-    let node_type = p.node_type.ok_or_else(|| Rejection::invalid("Unsupported Node type."))?;
+    let node_type = p
+        .node_type
+        .ok_or_else(|| Rejection::invalid("Unsupported Node type."))?;
     required("node_name", &p.node_name, MAX_NAME_LEN)?;
     bounded("address", &p.address, MAX_TEXT_LEN)?;
-    for (field, v) in [("distro", &p.distro), ("node_model", &p.node_model), ("az", &p.az), ("instance_id", &p.instance_id)] {
+    for (field, v) in [
+        ("distro", &p.distro),
+        ("node_model", &p.node_model),
+        ("az", &p.az),
+        ("instance_id", &p.instance_id),
+    ] {
         bounded(field, v, MAX_TEXT_LEN)?;
     }
     for (field, v) in [
@@ -58,12 +65,19 @@ pub(crate) fn create_node(
     }
     labels::validate(&p.custom_labels)?;
     let region = non_empty(&p.region);
-    if matches!(node_type, NodeType::RemoteRds | NodeType::RemoteAzureDatabase) && region.is_none() {
+    if matches!(
+        node_type,
+        NodeType::RemoteRds | NodeType::RemoteAzureDatabase
+    ) && region.is_none()
+    {
         return Err(Rejection::invalid("region: value must not be empty."));
     }
     let state = d.state();
     if state.nodes.contains_key(&node_id) {
-        return Err(Rejection::already_exists(format!("Node with ID {:?} already exists.", node_id.0)));
+        return Err(Rejection::already_exists(format!(
+            "Node with ID {:?} already exists.",
+            node_id.0
+        )));
     }
     if state.node_by_name(&p.node_name).is_some() {
         return Err(Rejection::already_exists(format!(
@@ -72,7 +86,9 @@ pub(crate) fn create_node(
         )));
     }
     if node_type == NodeType::RemoteRds && p.address.contains('.') {
-        return Err(Rejection::invalid("DB instance identifier should not contain dot."));
+        return Err(Rejection::invalid(
+            "DB instance identifier should not contain dot.",
+        ));
     }
     if let Some(region) = &region {
         if p.address.is_empty() {
@@ -93,9 +109,18 @@ pub(crate) fn create_node(
             )));
         }
     }
-    let machine_id = p.machine_id.as_deref().map(str::trim).filter(|m| !m.is_empty()).map(str::to_owned);
+    let machine_id = p
+        .machine_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned);
     let now = d.now();
-    let instance_id = if p.instance_id.is_empty() { p.address.clone() } else { p.instance_id.clone() };
+    let instance_id = if p.instance_id.is_empty() {
+        p.address.clone()
+    } else {
+        p.instance_id.clone()
+    };
     d.emit(Event::NodeAdded {
         node: Node {
             node_id: node_id.clone(),
@@ -140,12 +165,17 @@ pub(crate) fn remove_node(d: &mut Decision<'_>, id: &NodeId, force: bool) -> Res
         return Err(Rejection::node_not_found(id));
     }
     if id.is_pmm_server() {
-        return Err(Rejection::permission_denied("PMM Server node can't be removed."));
+        return Err(Rejection::permission_denied(
+            "PMM Server node can't be removed.",
+        ));
     }
     let agents = d.state().agents_with_node(id);
     if !agents.is_empty() {
         if !force {
-            return Err(Rejection::failed_precondition(format!("Node with ID {:?} has agents.", id.0)));
+            return Err(Rejection::failed_precondition(format!(
+                "Node with ID {:?} has agents.",
+                id.0
+            )));
         }
         for a in agents {
             if d.state().agents.contains_key(&a) {
@@ -156,7 +186,10 @@ pub(crate) fn remove_node(d: &mut Decision<'_>, id: &NodeId, force: bool) -> Res
     let running = d.state().agents_running_on_node(id);
     if !running.is_empty() {
         if !force {
-            return Err(Rejection::failed_precondition(format!("Node with ID {:?} has pmm-agent.", id.0)));
+            return Err(Rejection::failed_precondition(format!(
+                "Node with ID {:?} has pmm-agent.",
+                id.0
+            )));
         }
         for a in running {
             if d.state().agents.contains_key(&a) {
@@ -167,12 +200,17 @@ pub(crate) fn remove_node(d: &mut Decision<'_>, id: &NodeId, force: bool) -> Res
     let services = d.state().services_on_node(id);
     if !services.is_empty() {
         if !force {
-            return Err(Rejection::failed_precondition(format!("Node with ID {:?} has services.", id.0)));
+            return Err(Rejection::failed_precondition(format!(
+                "Node with ID {:?} has services.",
+                id.0
+            )));
         }
         for s in services {
             remove_service(d, &s, true, false)?;
         }
     }
-    d.emit(Event::NodeRemoved { node_id: id.clone() });
+    d.emit(Event::NodeRemoved {
+        node_id: id.clone(),
+    });
     Ok(())
 }

@@ -36,11 +36,17 @@ impl RegisterNode {
         match self.node_type {
             Some(NodeType::Generic | NodeType::Container) => {}
             Some(NodeType::Remote) => {
-                return Err(Rejection::invalid("Remote nodes can't be registered: add them with AddNode."));
+                return Err(Rejection::invalid(
+                    "Remote nodes can't be registered: add them with AddNode.",
+                ));
             }
             _ => return Err(Rejection::invalid("Unsupported Node type.")),
         }
-        if let Some(existing) = d.state().node_by_name(&self.node_name).map(|n| n.node_id.clone()) {
+        if let Some(existing) = d
+            .state()
+            .node_by_name(&self.node_name)
+            .map(|n| n.node_id.clone())
+        {
             if !self.reregister {
                 return Err(Rejection::already_exists(format!(
                     "Node with name {:?} already exists.",
@@ -50,7 +56,10 @@ impl RegisterNode {
             remove_node(d, &existing, true)?;
         }
         if let Some(region) = non_empty(&self.region) {
-            let existing = d.state().node_by_address_region(&self.address, &region).map(|n| n.node_id.clone());
+            let existing = d
+                .state()
+                .node_by_address_region(&self.address, &region)
+                .map(|n| n.node_id.clone());
             if let Some(existing) = existing {
                 if !self.reregister {
                     return Err(Rejection::already_exists(format!(
@@ -87,7 +96,10 @@ impl RegisterNode {
         exporter.disable_collectors = self.disable_collectors.clone();
         exporter.agent_password = self.agent_password.clone();
         // RegisterNode leaves node_exporter's log level unset (NULL) in PMM.
-        let opts = CreateOpts { default_log_level: false, ..CreateOpts::INVENTORY };
+        let opts = CreateOpts {
+            default_log_level: false,
+            ..CreateOpts::INVENTORY
+        };
         create_agent(d, &exporter, opts)?;
         Ok(())
     }

@@ -21,7 +21,10 @@ impl RemoveManagedService {
             return Err(Rejection::invalid("service_id or service_name expected"));
         }
         let service = if looks_like_id(key) {
-            d.state().services.get(&ServiceId::from(key.as_str())).ok_or_else(|| Rejection::service_not_found(key))?
+            d.state()
+                .services
+                .get(&ServiceId::from(key.as_str()))
+                .ok_or_else(|| Rejection::service_not_found(key))?
         } else {
             d.state().service_by_name(key).ok_or_else(|| {
                 Rejection::not_found(format!("Service with name {key:?} not found."))

@@ -48,26 +48,42 @@ pub(crate) fn port(p: Option<u32>) -> Result<Option<u16>, Rejection> {
 }
 
 /// PMM's validateDBConnectionOptions, in PMM's order.
-fn validate_connection(address: &Option<String>, port: Option<u16>, socket: &Option<String>) -> Result<(), Rejection> {
+fn validate_connection(
+    address: &Option<String>,
+    port: Option<u16>,
+    socket: &Option<String>,
+) -> Result<(), Rejection> {
     match (address, socket) {
         (None, None) => return Err(Rejection::invalid("Neither socket nor address passed.")),
         (Some(_), Some(_)) => {
-            return Err(Rejection::invalid("Socket and address cannot be specified together."));
+            return Err(Rejection::invalid(
+                "Socket and address cannot be specified together.",
+            ));
         }
         (Some(_), None) if port.is_none() => {
-            return Err(Rejection::invalid("Port are expected to be passed with address."));
+            return Err(Rejection::invalid(
+                "Port are expected to be passed with address.",
+            ));
         }
         _ => {}
     }
     if socket.is_some() && port.is_some() {
-        return Err(Rejection::invalid("Socket and port cannot be specified together."));
+        return Err(Rejection::invalid(
+            "Socket and port cannot be specified together.",
+        ));
     }
     Ok(())
 }
 
 /// PMM's AddNewService: validates and emits `ServiceAdded`.
-pub(crate) fn create_service(d: &mut Decision<'_>, p: &AddService, id: ServiceId) -> Result<ServiceId, Rejection> {
-    let service_type = p.service_type.ok_or_else(|| Rejection::invalid("Unknown service type."))?;
+pub(crate) fn create_service(
+    d: &mut Decision<'_>,
+    p: &AddService,
+    id: ServiceId,
+) -> Result<ServiceId, Rejection> {
+    let service_type = p
+        .service_type
+        .ok_or_else(|| Rejection::invalid("Unknown service type."))?;
     required("service_name", &p.service_name, MAX_NAME_LEN)?;
     required("node_id", &p.node_id.0, MAX_TEXT_LEN)?;
     for (field, v) in [
@@ -105,7 +121,10 @@ pub(crate) fn create_service(d: &mut Decision<'_>, p: &AddService, id: ServiceId
         )));
     }
     if d.state().services.contains_key(&id) {
-        return Err(Rejection::already_exists(format!("Service with ID {:?} already exists.", id.0)));
+        return Err(Rejection::already_exists(format!(
+            "Service with ID {:?} already exists.",
+            id.0
+        )));
     }
     if d.state().service_by_name(&p.service_name).is_some() {
         return Err(Rejection::already_exists(format!(
@@ -187,11 +206,16 @@ impl ChangeService {
         set(&mut s.replication_set, &self.replication_set);
         set(&mut s.external_group, &self.external_group);
         if (s.service_type == ServiceType::External) == s.external_group.is_empty() {
-            return Err(Rejection::invalid(if s.service_type == ServiceType::External {
-                "external_group: must not be empty for external services.".to_owned()
-            } else {
-                format!("external_group: can't be set for {} services.", s.service_type.as_str())
-            }));
+            return Err(Rejection::invalid(
+                if s.service_type == ServiceType::External {
+                    "external_group: must not be empty for external services.".to_owned()
+                } else {
+                    format!(
+                        "external_group: can't be set for {} services.",
+                        s.service_type.as_str()
+                    )
+                },
+            ));
         }
         if s == **current {
             return Ok(());
@@ -225,11 +249,19 @@ pub(crate) fn remove_service(
     force: bool,
     remote_cleanup: bool,
 ) -> Result<(), Rejection> {
-    let service = d.state().services.get(id).cloned().ok_or_else(|| Rejection::service_not_found(id))?;
+    let service = d
+        .state()
+        .services
+        .get(id)
+        .cloned()
+        .ok_or_else(|| Rejection::service_not_found(id))?;
     let agents = d.state().agents_of_service(id);
     if !agents.is_empty() {
         if !force {
-            return Err(Rejection::failed_precondition(format!("Service with ID {:?} has agents.", id.0)));
+            return Err(Rejection::failed_precondition(format!(
+                "Service with ID {:?} has agents.",
+                id.0
+            )));
         }
         for a in agents {
             if d.state().agents.contains_key(&a) {
@@ -237,10 +269,15 @@ pub(crate) fn remove_service(
             }
         }
     }
-    d.emit(Event::ServiceRemoved { service_id: id.clone() });
+    d.emit(Event::ServiceRemoved {
+        service_id: id.clone(),
+    });
     let node = d.state().nodes.get(&service.node_id).cloned();
     if let Some(node) = node.filter(|_| remote_cleanup) {
-        let remote_db = matches!(node.node_type, NodeType::RemoteRds | NodeType::RemoteAzureDatabase);
+        let remote_db = matches!(
+            node.node_type,
+            NodeType::RemoteRds | NodeType::RemoteAzureDatabase
+        );
         if remote_db && d.state().services_on_node(&node.node_id).is_empty() {
             remove_node(d, &node.node_id, true)?;
         }

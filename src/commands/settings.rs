@@ -107,7 +107,10 @@ impl ChangeSettings {
             (&mut s.advisors_enabled, self.enable_advisor),
             (&mut s.alerting_enabled, self.enable_alerting),
             (&mut s.azure_discover_enabled, self.enable_azurediscover),
-            (&mut s.backup_management_enabled, self.enable_backup_management),
+            (
+                &mut s.backup_management_enabled,
+                self.enable_backup_management,
+            ),
             (&mut s.access_control_enabled, self.enable_access_control),
             (&mut s.vm_cache_enabled, self.enable_vm_cache),
             (&mut s.nomad_enabled, self.enable_nomad),
@@ -125,10 +128,30 @@ impl ChangeSettings {
     /// PMM refuses changes that contradict a value pinned by the environment.
     fn check_env(&self, env: &EnvSettings) -> Result<(), Rejection> {
         let flags = [
-            (self.enable_updates, env.updates_enabled, "Updates are", "PMM_ENABLE_UPDATES"),
-            (self.enable_telemetry, env.telemetry_enabled, "Telemetry is", "PMM_ENABLE_TELEMETRY"),
-            (self.enable_alerting, env.alerting_enabled, "Alerting is", "PMM_ENABLE_ALERTING"),
-            (self.enable_azurediscover, env.azure_discover_enabled, "Azure discover is", "PMM_ENABLE_AZURE_DISCOVER"),
+            (
+                self.enable_updates,
+                env.updates_enabled,
+                "Updates are",
+                "PMM_ENABLE_UPDATES",
+            ),
+            (
+                self.enable_telemetry,
+                env.telemetry_enabled,
+                "Telemetry is",
+                "PMM_ENABLE_TELEMETRY",
+            ),
+            (
+                self.enable_alerting,
+                env.alerting_enabled,
+                "Alerting is",
+                "PMM_ENABLE_ALERTING",
+            ),
+            (
+                self.enable_azurediscover,
+                env.azure_discover_enabled,
+                "Azure discover is",
+                "PMM_ENABLE_AZURE_DISCOVER",
+            ),
         ];
         for (want, pinned, what, var) in flags {
             if let (Some(w), Some(p)) = (want, pinned) {
@@ -140,10 +163,30 @@ impl ChangeSettings {
             }
         }
         let durations = [
-            (self.metrics_resolutions_hr, env.hr_secs, "hr", "PMM_METRICS_RESOLUTION_HR"),
-            (self.metrics_resolutions_mr, env.mr_secs, "mr", "PMM_METRICS_RESOLUTION_MR"),
-            (self.metrics_resolutions_lr, env.lr_secs, "lr", "PMM_METRICS_RESOLUTION_LR"),
-            (self.data_retention, env.data_retention_secs, "data_retention", "PMM_DATA_RETENTION"),
+            (
+                self.metrics_resolutions_hr,
+                env.hr_secs,
+                "hr",
+                "PMM_METRICS_RESOLUTION_HR",
+            ),
+            (
+                self.metrics_resolutions_mr,
+                env.mr_secs,
+                "mr",
+                "PMM_METRICS_RESOLUTION_MR",
+            ),
+            (
+                self.metrics_resolutions_lr,
+                env.lr_secs,
+                "lr",
+                "PMM_METRICS_RESOLUTION_LR",
+            ),
+            (
+                self.data_retention,
+                env.data_retention_secs,
+                "data_retention",
+                "PMM_DATA_RETENTION",
+            ),
         ];
         for (want, pinned, what, var) in durations {
             if let (Some(w), Some(p)) = (want, pinned) {

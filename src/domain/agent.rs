@@ -118,17 +118,28 @@ impl AgentType {
             PmmAgent => Target::RunsOnNode,
             NodeExporter | VmAgent | NomadAgent => Target::PmmAgentNode,
             RdsExporter | AzureDatabaseExporter => Target::Node,
-            MysqldExporter | MongodbExporter | PostgresExporter | ProxysqlExporter
-            | ValkeyExporter | QanMysqlPerfschemaAgent | QanMysqlSlowlogAgent
-            | QanMongodbProfilerAgent | QanMongodbMongologAgent
-            | QanPostgresqlPgstatementsAgent | QanPostgresqlPgstatmonitorAgent
-            | ExternalExporter | RtaMongodbAgent => Target::Service,
+            MysqldExporter
+            | MongodbExporter
+            | PostgresExporter
+            | ProxysqlExporter
+            | ValkeyExporter
+            | QanMysqlPerfschemaAgent
+            | QanMysqlSlowlogAgent
+            | QanMongodbProfilerAgent
+            | QanMongodbMongologAgent
+            | QanPostgresqlPgstatementsAgent
+            | QanPostgresqlPgstatmonitorAgent
+            | ExternalExporter
+            | RtaMongodbAgent => Target::Service,
         }
     }
 
     /// Types created by the server itself when a pmm-agent connects, never by a user command.
     pub fn is_auto_managed(self) -> bool {
-        matches!(self, AgentType::VmAgent | AgentType::NomadAgent | AgentType::RtaMongodbAgent)
+        matches!(
+            self,
+            AgentType::VmAgent | AgentType::NomadAgent | AgentType::RtaMongodbAgent
+        )
     }
 
     /// Exporters produce scrape targets (and have listen ports, collectors, push mode).
@@ -181,10 +192,13 @@ impl AgentType {
             MysqldExporter | QanMysqlPerfschemaAgent | QanMysqlSlowlogAgent => {
                 service_type == S::Mysql
             }
-            MongodbExporter | QanMongodbProfilerAgent | QanMongodbMongologAgent
+            MongodbExporter
+            | QanMongodbProfilerAgent
+            | QanMongodbMongologAgent
             | RtaMongodbAgent => service_type == S::Mongodb,
-            PostgresExporter | QanPostgresqlPgstatementsAgent
-            | QanPostgresqlPgstatmonitorAgent => service_type == S::Postgresql,
+            PostgresExporter | QanPostgresqlPgstatementsAgent | QanPostgresqlPgstatmonitorAgent => {
+                service_type == S::Postgresql
+            }
             ProxysqlExporter => service_type == S::Proxysql,
             ValkeyExporter => service_type == S::Valkey,
             ExternalExporter => {
@@ -212,7 +226,9 @@ impl AgentType {
 }
 
 /// PMM's agent status as reported by pmm-agents (stored as the enum name).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AgentStatus {
     /// pmm-agent and external-exporter rows keep an empty status in PMM.

@@ -22,7 +22,9 @@ pub const MAX_LIST_LEN: usize = 256;
 /// Checks a required text field: non-empty, bounded, no NUL (PostgreSQL cannot store it).
 pub fn required(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
     if value.is_empty() {
-        return Err(Rejection::invalid(format!("{field}: value must not be empty.")));
+        return Err(Rejection::invalid(format!(
+            "{field}: value must not be empty."
+        )));
     }
     bounded(field, value, max)
 }
@@ -36,7 +38,9 @@ pub fn bounded(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
         )));
     }
     if value.contains('\0') {
-        return Err(Rejection::invalid(format!("{field}: value must not contain NUL bytes.")));
+        return Err(Rejection::invalid(format!(
+            "{field}: value must not contain NUL bytes."
+        )));
     }
     Ok(())
 }
@@ -54,5 +58,7 @@ pub fn bounded_list(field: &str, values: &[String]) -> Result<(), Rejection> {
             values.len()
         )));
     }
-    values.iter().try_for_each(|v| bounded(field, v, MAX_TEXT_LEN))
+    values
+        .iter()
+        .try_for_each(|v| bounded(field, v, MAX_TEXT_LEN))
 }

@@ -36,7 +36,10 @@ impl NodeType {
 
     /// Remote nodes never run a pmm-agent's children on themselves.
     pub fn is_remote(self) -> bool {
-        matches!(self, NodeType::Remote | NodeType::RemoteRds | NodeType::RemoteAzureDatabase)
+        matches!(
+            self,
+            NodeType::Remote | NodeType::RemoteRds | NodeType::RemoteAzureDatabase
+        )
     }
 }
 

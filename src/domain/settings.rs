@@ -20,8 +20,15 @@ pub const DEFAULT_UPDATE_SNOOZE_SECS: u64 = 7 * DAY_SECS;
 pub const DAY_SECS: u64 = 24 * 3600;
 
 /// AWS SDK partitions PMM accepts in `aws_partitions`.
-pub const AWS_PARTITIONS: [&str; 7] =
-    ["aws", "aws-cn", "aws-us-gov", "aws-iso", "aws-iso-b", "aws-iso-e", "aws-iso-f"];
+pub const AWS_PARTITIONS: [&str; 7] = [
+    "aws",
+    "aws-cn",
+    "aws-us-gov",
+    "aws-iso",
+    "aws-iso-b",
+    "aws-iso-e",
+    "aws-iso-f",
+];
 
 /// The settings document. `None` means "PMM's default".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,12 +92,16 @@ impl Settings {
             pmm_server_id: self.pmm_server_id.clone(),
             pmm_public_address: self.pmm_public_address.clone(),
             updates_enabled: self.updates_enabled.unwrap_or(true),
-            update_snooze_secs: self.update_snooze_secs.unwrap_or(DEFAULT_UPDATE_SNOOZE_SECS),
+            update_snooze_secs: self
+                .update_snooze_secs
+                .unwrap_or(DEFAULT_UPDATE_SNOOZE_SECS),
             telemetry_enabled: self.telemetry_enabled.unwrap_or(true),
             hr_secs: self.hr_secs.unwrap_or(DEFAULT_HR_SECS),
             mr_secs: self.mr_secs.unwrap_or(DEFAULT_MR_SECS),
             lr_secs: self.lr_secs.unwrap_or(DEFAULT_LR_SECS),
-            data_retention_secs: self.data_retention_secs.unwrap_or(DEFAULT_DATA_RETENTION_SECS),
+            data_retention_secs: self
+                .data_retention_secs
+                .unwrap_or(DEFAULT_DATA_RETENTION_SECS),
             aws_partitions: if self.aws_partitions.is_empty() {
                 vec!["aws".to_owned()]
             } else {
@@ -102,7 +113,9 @@ impl Settings {
             standard_interval_secs: self
                 .standard_interval_secs
                 .unwrap_or(DEFAULT_STANDARD_INTERVAL_SECS),
-            rare_interval_secs: self.rare_interval_secs.unwrap_or(DEFAULT_RARE_INTERVAL_SECS),
+            rare_interval_secs: self
+                .rare_interval_secs
+                .unwrap_or(DEFAULT_RARE_INTERVAL_SECS),
             frequent_interval_secs: self
                 .frequent_interval_secs
                 .unwrap_or(DEFAULT_FREQUENT_INTERVAL_SECS),
@@ -118,7 +131,9 @@ impl Settings {
 /// A resolution or interval: at least 1s and a whole number of seconds (PMM's messages).
 pub fn validate_resolution(name: &str, d: std::time::Duration) -> Result<u64, Rejection> {
     if d < std::time::Duration::from_secs(1) {
-        return Err(Rejection::invalid(format!("{name}: minimal resolution is 1s.")));
+        return Err(Rejection::invalid(format!(
+            "{name}: minimal resolution is 1s."
+        )));
     }
     if d.subsec_nanos() != 0 {
         return Err(Rejection::invalid(format!(
@@ -131,10 +146,14 @@ pub fn validate_resolution(name: &str, d: std::time::Duration) -> Result<u64, Re
 /// Data retention: at least 24h and a whole number of days (PMM's messages).
 pub fn validate_retention(d: std::time::Duration) -> Result<u64, Rejection> {
     if d < std::time::Duration::from_secs(DAY_SECS) {
-        return Err(Rejection::invalid("data_retention: minimal resolution is 24h."));
+        return Err(Rejection::invalid(
+            "data_retention: minimal resolution is 24h.",
+        ));
     }
     if d.subsec_nanos() != 0 || d.as_secs() % DAY_SECS != 0 {
-        return Err(Rejection::invalid("data_retention: should be a natural number of days."));
+        return Err(Rejection::invalid(
+            "data_retention: should be a natural number of days.",
+        ));
     }
     Ok(d.as_secs())
 }
@@ -147,7 +166,9 @@ pub fn validate_aws_partitions(values: &[String]) -> Result<Vec<String>, Rejecti
     for v in values {
         if !AWS_PARTITIONS.contains(&v.as_str()) {
             let shown: String = v.chars().take(64).collect();
-            return Err(Rejection::invalid(format!("aws_partitions: partition {shown:?} is invalid.")));
+            return Err(Rejection::invalid(format!(
+                "aws_partitions: partition {shown:?} is invalid."
+            )));
         }
     }
     let mut out = values.to_vec();
@@ -166,13 +187,16 @@ pub fn validate_ssh_key(key: &str) -> Result<(), Rejection> {
         return Err(bad());
     }
     let fields: Vec<&str> = line.split_whitespace().collect();
-    let known = |t: &str| {
-        t.starts_with("ssh-") || t.starts_with("ecdsa-sha2-") || t.starts_with("sk-")
-    };
+    let known =
+        |t: &str| t.starts_with("ssh-") || t.starts_with("ecdsa-sha2-") || t.starts_with("sk-");
     let pos = fields.iter().position(|f| known(f)).ok_or_else(bad)?;
     let (kind, blob) = (fields[pos], fields.get(pos + 1).ok_or_else(bad)?);
-    let raw = base64::engine::general_purpose::STANDARD.decode(blob).map_err(|_| bad())?;
-    let len = raw.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .map_err(|_| bad())?;
+    let len = raw
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
     match len {
         Some(n) if raw.get(4..4 + n) == Some(kind.as_bytes()) && raw.len() > 4 + n => Ok(()),
         _ => Err(bad()),
@@ -218,22 +242,30 @@ impl EnvSettings {
         let vars: BTreeMap<String, String> = vars.into_iter().collect();
         for (name, raw) in &vars {
             let value = raw.to_lowercase();
-            let err = |reason: String| EnvError { name: name.clone(), reason };
-            let boolean = || parse_go_bool(&value).ok_or_else(|| err(format!("invalid boolean {raw:?}")));
+            let err = |reason: String| EnvError {
+                name: name.clone(),
+                reason,
+            };
+            let boolean =
+                || parse_go_bool(&value).ok_or_else(|| err(format!("invalid boolean {raw:?}")));
             let res = |field: &str| -> Result<u64, EnvError> {
-                let d = parse_go_duration(&value).ok_or_else(|| err(format!("invalid duration {raw:?}")))?;
+                let d = parse_go_duration(&value)
+                    .ok_or_else(|| err(format!("invalid duration {raw:?}")))?;
                 validate_resolution(field, d).map_err(|r| err(r.message()))
             };
             match name.as_str() {
                 "PMM_ENABLE_UPDATES" => s.updates_enabled = Some(boolean()?),
                 "PMM_ENABLE_TELEMETRY" => s.telemetry_enabled = Some(boolean()?),
-                "PMM_METRICS_RESOLUTION" | "PMM_METRICS_RESOLUTION_HR" => s.hr_secs = Some(res("hr")?),
+                "PMM_METRICS_RESOLUTION" | "PMM_METRICS_RESOLUTION_HR" => {
+                    s.hr_secs = Some(res("hr")?)
+                }
                 "PMM_METRICS_RESOLUTION_MR" => s.mr_secs = Some(res("mr")?),
                 "PMM_METRICS_RESOLUTION_LR" => s.lr_secs = Some(res("lr")?),
                 "PMM_DATA_RETENTION" => {
                     let d = parse_go_duration(&value)
                         .ok_or_else(|| err(format!("invalid duration {raw:?}")))?;
-                    s.data_retention_secs = Some(validate_retention(d).map_err(|r| err(r.message()))?);
+                    s.data_retention_secs =
+                        Some(validate_retention(d).map_err(|r| err(r.message()))?);
                 }
                 "PMM_UPDATE_SNOOZE_DURATION" => {
                     let d = parse_go_duration(&value)
@@ -299,13 +331,17 @@ pub fn parse_go_duration(v: &str) -> Option<std::time::Duration> {
     }
     let mut total: f64 = 0.0;
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_end == 0 {
             return None;
         }
         let number: f64 = rest[..num_end].parse().ok()?;
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let nanos_per_unit = match &rest[..unit_end] {
             "ns" => 1.0,
             "us" | "µs" => 1e3,
@@ -333,7 +369,10 @@ mod tests {
     fn go_durations_parse_like_go() {
         assert_eq!(parse_go_duration("5s"), Some(Duration::from_secs(5)));
         assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("720h"), Some(Duration::from_secs(720 * 3600)));
+        assert_eq!(
+            parse_go_duration("720h"),
+            Some(Duration::from_secs(720 * 3600))
+        );
         assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
         for bad in ["", "5", "s", "5x", "-5s"] {
@@ -343,7 +382,10 @@ mod tests {
 
     #[test]
     fn env_values_are_lowercased_and_validated() {
-        let vars = [("PMM_ENABLE_UPDATES", "TRUE"), ("PMM_METRICS_RESOLUTION_MR", "15S")];
+        let vars = [
+            ("PMM_ENABLE_UPDATES", "TRUE"),
+            ("PMM_METRICS_RESOLUTION_MR", "15S"),
+        ];
         let (s, w) = EnvSettings::from_vars(vars.map(|(a, b)| (a.into(), b.into()))).expect("ok");
         assert_eq!(s.updates_enabled, Some(true));
         assert_eq!(s.mr_secs, Some(15));
@@ -360,6 +402,11 @@ mod tests {
         assert!(validate_ssh_key(good).is_ok());
         assert!(validate_ssh_key("ssh-rsa notbase64!").is_err());
         assert!(validate_ssh_key("hello").is_err());
-        assert!(validate_ssh_key("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIEhR8U0rYZ8Pgh3ACfqS1o7yYuwVvxLtYRtD2nlm5h8k").is_err());
+        assert!(
+            validate_ssh_key(
+                "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIEhR8U0rYZ8Pgh3ACfqS1o7yYuwVvxLtYRtD2nlm5h8k"
+            )
+            .is_err()
+        );
     }
 }

@@ -50,7 +50,9 @@ fn unlink<K: Ord + Clone, V: Ord + Clone>(m: &mut OrdMap<K, OrdSet<V>>, k: &K, v
 }
 
 fn members<K: Ord, V: Ord + Clone>(m: &OrdMap<K, OrdSet<V>>, k: &K) -> Vec<V> {
-    m.get(k).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    m.get(k)
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default()
 }
 
 impl State {
@@ -84,7 +86,8 @@ impl State {
         let id = node.node_id.clone();
         ix.node_by_name.insert(node.node_name.clone(), id.clone());
         if let Some(region) = node.region.as_ref().filter(|r| !r.is_empty()) {
-            ix.node_by_address_region.insert((node.address.clone(), region.clone()), id.clone());
+            ix.node_by_address_region
+                .insert((node.address.clone(), region.clone()), id.clone());
         }
         if let Some(c) = &node.container_id {
             ix.node_by_container_id.insert(c.clone(), id.clone());
@@ -93,7 +96,9 @@ impl State {
     }
 
     fn drop_node(&mut self, id: &NodeId) {
-        let Some(node) = self.nodes.remove(id) else { return };
+        let Some(node) = self.nodes.remove(id) else {
+            return;
+        };
         let ix = &mut self.index;
         if ix.node_by_name.get(&node.node_name) == Some(id) {
             ix.node_by_name.remove(&node.node_name);
@@ -114,13 +119,17 @@ impl State {
     fn put_service(&mut self, service: Service) {
         self.drop_service(&service.service_id);
         let id = service.service_id.clone();
-        self.index.service_by_name.insert(service.service_name.clone(), id.clone());
+        self.index
+            .service_by_name
+            .insert(service.service_name.clone(), id.clone());
         link(&mut self.index.services_by_node, &service.node_id, &id);
         self.services.insert(id, Arc::new(service));
     }
 
     fn drop_service(&mut self, id: &ServiceId) {
-        let Some(s) = self.services.remove(id) else { return };
+        let Some(s) = self.services.remove(id) else {
+            return;
+        };
         if self.index.service_by_name.get(&s.service_name) == Some(id) {
             self.index.service_by_name.remove(&s.service_name);
         }
@@ -147,7 +156,9 @@ impl State {
     }
 
     fn drop_agent(&mut self, id: &AgentId) {
-        let Some(a) = self.agents.remove(id) else { return };
+        let Some(a) = self.agents.remove(id) else {
+            return;
+        };
         let ix = &mut self.index;
         if let Some(n) = &a.node_id {
             unlink(&mut ix.agents_by_node, n, id);
@@ -165,23 +176,35 @@ impl State {
 
     /// The node with this name, if any.
     pub fn node_by_name(&self, name: &str) -> Option<&Arc<Node>> {
-        self.index.node_by_name.get(name).and_then(|id| self.nodes.get(id))
+        self.index
+            .node_by_name
+            .get(name)
+            .and_then(|id| self.nodes.get(id))
     }
 
     /// The node with this (address, region), if any (regions are never empty here).
     pub fn node_by_address_region(&self, address: &str, region: &str) -> Option<&Arc<Node>> {
         let key = (address.to_owned(), region.to_owned());
-        self.index.node_by_address_region.get(&key).and_then(|id| self.nodes.get(id))
+        self.index
+            .node_by_address_region
+            .get(&key)
+            .and_then(|id| self.nodes.get(id))
     }
 
     /// The node with this container id, if any.
     pub fn node_by_container_id(&self, container_id: &str) -> Option<&Arc<Node>> {
-        self.index.node_by_container_id.get(container_id).and_then(|id| self.nodes.get(id))
+        self.index
+            .node_by_container_id
+            .get(container_id)
+            .and_then(|id| self.nodes.get(id))
     }
 
     /// The service with this name, if any.
     pub fn service_by_name(&self, name: &str) -> Option<&Arc<Service>> {
-        self.index.service_by_name.get(name).and_then(|id| self.services.get(id))
+        self.index
+            .service_by_name
+            .get(name)
+            .and_then(|id| self.services.get(id))
     }
 
     /// Services on a node, by id.
@@ -204,7 +227,9 @@ impl State {
         self.agents_running_on_node(node)
             .into_iter()
             .filter(|id| {
-                self.agents.get(id).is_some_and(|a| a.agent_type == super::AgentType::PmmAgent)
+                self.agents
+                    .get(id)
+                    .is_some_and(|a| a.agent_type == super::AgentType::PmmAgent)
             })
             .collect()
     }

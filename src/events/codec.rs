@@ -13,7 +13,10 @@ pub enum CodecError {
     #[error("event type {event_type:?} schema version {version} is not known to this binary")]
     UnknownVersion { event_type: String, version: i32 },
     #[error("event type {event_type:?} could not be decoded: {source}")]
-    Decode { event_type: String, source: serde_json::Error },
+    Decode {
+        event_type: String,
+        source: serde_json::Error,
+    },
     #[error("event could not be encoded: {0}")]
     Encode(serde_json::Error),
 }
@@ -31,9 +34,14 @@ pub fn encode(event: &Event) -> Result<(&'static str, i32, Value), CodecError> {
 /// Decodes stored parts into an event, upcasting older schema versions.
 pub fn decode(event_type: &str, version: i32, payload: Value) -> Result<Event, CodecError> {
     if version != CURRENT_SCHEMA_VERSION {
-        return Err(CodecError::UnknownVersion { event_type: event_type.to_owned(), version });
+        return Err(CodecError::UnknownVersion {
+            event_type: event_type.to_owned(),
+            version,
+        });
     }
     let tagged = serde_json::json!({ "type": event_type, "data": payload });
-    serde_json::from_value(tagged)
-        .map_err(|source| CodecError::Decode { event_type: event_type.to_owned(), source })
+    serde_json::from_value(tagged).map_err(|source| CodecError::Decode {
+        event_type: event_type.to_owned(),
+        source,
+    })
 }

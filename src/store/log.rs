@@ -23,7 +23,9 @@ pub struct LogHead {
 impl LogHead {
     /// Reads the head and the stream versions from the database.
     pub async fn load(pool: &PgPool) -> Result<Self, StoreError> {
-        let row = sqlx::query("SELECT position, hash FROM log_head").fetch_one(pool).await?;
+        let row = sqlx::query("SELECT position, hash FROM log_head")
+            .fetch_one(pool)
+            .await?;
         let stream_versions = sqlx::query_as::<_, (String, i64)>(
             "SELECT stream_id, max(stream_version) FROM events GROUP BY stream_id",
         )
@@ -31,7 +33,11 @@ impl LogHead {
         .await?
         .into_iter()
         .collect();
-        Ok(Self { position: row.try_get("position")?, hash: to_hash(row.try_get("hash")?), stream_versions })
+        Ok(Self {
+            position: row.try_get("position")?,
+            hash: to_hash(row.try_get("hash")?),
+            stream_versions,
+        })
     }
 }
 
@@ -70,10 +76,15 @@ pub async fn append(
     after: &State,
 ) -> Result<Vec<Positions>, StoreError> {
     let mut tx = pool.begin().await?;
-    let row = sqlx::query("SELECT position, hash FROM log_head FOR UPDATE").fetch_one(&mut *tx).await?;
+    let row = sqlx::query("SELECT position, hash FROM log_head FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await?;
     let actual: i64 = row.try_get("position")?;
     if actual != batch.base_position || actual != head.position {
-        return Err(StoreError::Conflict { expected: batch.base_position, actual });
+        return Err(StoreError::Conflict {
+            expected: batch.base_position,
+            actual,
+        });
     }
     let mut prev = to_hash(row.try_get("hash")?);
     let n: usize = batch.items.iter().map(|i| i.events.len()).sum();
@@ -114,7 +125,19 @@ pub async fn append(
                     recorded_at_micros,
                 },
             );
-            cols.push(position, stream_id, version, event_id, event_type, schema_version, &payload, &metadata, batch.recorded_at, prev, hash);
+            cols.push(
+                position,
+                stream_id,
+                version,
+                event_id,
+                event_type,
+                schema_version,
+                &payload,
+                &metadata,
+                batch.recorded_at,
+                prev,
+                hash,
+            );
             prev = hash;
         }
         positions.push((first, position));
@@ -126,12 +149,15 @@ pub async fn append(
         .zip(&positions)
         .filter(|(_, (f, l))| l >= f)
         .map(|(i, (f, l))| (i.meta.command_id.clone(), *f, *l))
-        .fold((vec![], vec![], vec![]), |(mut a, mut b, mut c), (x, y, z)| {
-            a.push(x);
-            b.push(y);
-            c.push(z);
-            (a, b, c)
-        });
+        .fold(
+            (vec![], vec![], vec![]),
+            |(mut a, mut b, mut c), (x, y, z)| {
+                a.push(x);
+                b.push(y);
+                c.push(z);
+                (a, b, c)
+            },
+        );
     sqlx::query(
         "INSERT INTO command_results (command_id, first_position, last_position) \
          SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[])",
@@ -157,7 +183,10 @@ pub async fn append(
 fn metadata(meta: &CommandMeta, decided_by: &str) -> Value {
     let mut v = serde_json::to_value(meta).unwrap_or_default();
     if let Value::Object(m) = &mut v {
-        m.insert("decided_by".to_owned(), Value::String(decided_by.to_owned()));
+        m.insert(
+            "decided_by".to_owned(),
+            Value::String(decided_by.to_owned()),
+        );
     }
     v
 }
@@ -306,12 +335,20 @@ pub struct StoredEvent {
 impl StoredEvent {
     /// Decodes the payload (upcasting old versions).
     pub fn decode(&self) -> Result<Event, StoreError> {
-        Ok(codec::decode(&self.event_type, self.schema_version, self.payload.clone())?)
+        Ok(codec::decode(
+            &self.event_type,
+            self.schema_version,
+            self.payload.clone(),
+        )?)
     }
 }
 
 /// Reads a page of events in position order.
-pub async fn read(pool: &PgPool, filter: &ReadFilter, secrets: Secrets) -> Result<Vec<StoredEvent>, StoreError> {
+pub async fn read(
+    pool: &PgPool,
+    filter: &ReadFilter,
+    secrets: Secrets,
+) -> Result<Vec<StoredEvent>, StoreError> {
     let limit = filter.limit.clamp(1, 10_000);
     let rows = sqlx::query(
         "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
@@ -353,7 +390,16 @@ pub async fn read(pool: &PgPool, filter: &ReadFilter, secrets: Secrets) -> Resul
 pub async fn catch_up(pool: &PgPool, state: &mut State) -> Result<u64, StoreError> {
     let mut n = 0;
     loop {
-        let page = read(pool, &ReadFilter { after: state.revision, limit: 10_000, ..Default::default() }, Secrets::Keep).await?;
+        let page = read(
+            pool,
+            &ReadFilter {
+                after: state.revision,
+                limit: 10_000,
+                ..Default::default()
+            },
+            Secrets::Keep,
+        )
+        .await?;
         if page.is_empty() {
             return Ok(n);
         }
@@ -387,9 +433,22 @@ pub async fn verify(pool: &PgPool) -> Result<VerifyReport, StoreError> {
     let mut prev = GENESIS;
     let mut expected = 1i64;
     let mut stream_versions: HashMap<String, i64> = HashMap::new();
-    let mut report = VerifyReport { checked: 0, head_hash: hex::encode(GENESIS), first_error: None };
+    let mut report = VerifyReport {
+        checked: 0,
+        head_hash: hex::encode(GENESIS),
+        first_error: None,
+    };
     loop {
-        let page = read(pool, &ReadFilter { after: expected - 1, limit: 5_000, ..Default::default() }, Secrets::Keep).await?;
+        let page = read(
+            pool,
+            &ReadFilter {
+                after: expected - 1,
+                limit: 5_000,
+                ..Default::default()
+            },
+            Secrets::Keep,
+        )
+        .await?;
         if page.is_empty() {
             break;
         }
@@ -417,7 +476,10 @@ pub async fn verify(pool: &PgPool) -> Result<VerifyReport, StoreError> {
             } else if e.hash != recomputed {
                 fail("hash does not match the stored fields: the row was altered".to_owned())
             } else if e.stream_version != *last + 1 {
-                fail(format!("stream {} version {} follows {}", e.stream_id, e.stream_version, last))
+                fail(format!(
+                    "stream {} version {} follows {}",
+                    e.stream_id, e.stream_version, last
+                ))
             } else {
                 None
             };
@@ -431,10 +493,18 @@ pub async fn verify(pool: &PgPool) -> Result<VerifyReport, StoreError> {
             report.head_hash = hex::encode(prev);
         }
     }
-    let row = sqlx::query("SELECT position, hash FROM log_head").fetch_one(pool).await?;
+    let row = sqlx::query("SELECT position, hash FROM log_head")
+        .fetch_one(pool)
+        .await?;
     let (pos, hash): (i64, Vec<u8>) = (row.try_get("position")?, row.try_get("hash")?);
     if pos != expected - 1 || hash != prev {
-        report.first_error = Some((pos, format!("log head says position {pos}, the chain ends at {}", expected - 1)));
+        report.first_error = Some((
+            pos,
+            format!(
+                "log head says position {pos}, the chain ends at {}",
+                expected - 1
+            ),
+        ));
     }
     Ok(report)
 }

@@ -81,32 +81,58 @@ async fn replace_rows(
     rows: Vec<Value>,
 ) -> Result<(), sqlx::Error> {
     if !ids.is_empty() {
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE {key} = ANY($1)"))).bind(ids).execute(&mut *conn).await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE {key} = ANY($1)"
+        )))
+        .bind(ids)
+        .execute(&mut *conn)
+        .await?;
     }
     for chunk in rows.chunks(2_000) {
-        sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1)")))
-            .bind(Value::Array(chunk.to_vec()))
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1)"
+        )))
+        .bind(Value::Array(chunk.to_vec()))
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
 
 /// Rewrites the rows of the touched entities from `state` (delete, then insert those that
 /// still exist).
-pub async fn update(conn: &mut PgConnection, state: &State, touched: &Touched) -> Result<(), sqlx::Error> {
+pub async fn update(
+    conn: &mut PgConnection,
+    state: &State,
+    touched: &Touched,
+) -> Result<(), sqlx::Error> {
     if !touched.nodes.is_empty() {
-        let rows = touched.nodes.iter().filter_map(|id| state.nodes.get(id)).map(|n| node_row(n)).collect();
+        let rows = touched
+            .nodes
+            .iter()
+            .filter_map(|id| state.nodes.get(id))
+            .map(|n| node_row(n))
+            .collect();
         let ids = touched.nodes.iter().map(|i| i.0.clone()).collect();
         replace_rows(conn, "nodes", "node_id", ids, rows).await?;
     }
     if !touched.services.is_empty() {
-        let rows = touched.services.iter().filter_map(|id| state.services.get(id)).map(|s| service_row(s)).collect();
+        let rows = touched
+            .services
+            .iter()
+            .filter_map(|id| state.services.get(id))
+            .map(|s| service_row(s))
+            .collect();
         let ids = touched.services.iter().map(|i| i.0.clone()).collect();
         replace_rows(conn, "services", "service_id", ids, rows).await?;
     }
     if !touched.agents.is_empty() {
-        let rows = touched.agents.iter().filter_map(|id| state.agents.get(id)).map(|a| agent_row(a)).collect();
+        let rows = touched
+            .agents
+            .iter()
+            .filter_map(|id| state.agents.get(id))
+            .map(|a| agent_row(a))
+            .collect();
         let ids = touched.agents.iter().map(|i| i.0.clone()).collect();
         replace_rows(conn, "agents", "agent_id", ids, rows).await?;
     }
@@ -118,7 +144,10 @@ pub async fn update(conn: &mut PgConnection, state: &State, touched: &Touched) -
 
 async fn write_settings(conn: &mut PgConnection, state: &State) -> Result<(), sqlx::Error> {
     let doc = serde_json::to_value(&*state.settings).unwrap_or_default();
-    sqlx::query("UPDATE settings SET settings = $1").bind(doc).execute(conn).await?;
+    sqlx::query("UPDATE settings SET settings = $1")
+        .bind(doc)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -137,15 +166,30 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, StoreError> {
     let mut state = State::default();
     let events = catch_up(pool, &mut state).await?;
     let mut tx = pool.begin().await?;
-    sqlx::query("LOCK TABLE log_head IN EXCLUSIVE MODE").execute(&mut *tx).await?;
+    sqlx::query("LOCK TABLE log_head IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
     // Events appended between the read above and the lock are folded in too.
-    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head").fetch_one(&mut *tx).await?;
-    let events = if head != state.revision { events + catch_up(pool, &mut state).await? } else { events };
-    sqlx::query("TRUNCATE nodes, services, agents").execute(&mut *tx).await?;
+    let head: i64 = sqlx::query_scalar("SELECT position FROM log_head")
+        .fetch_one(&mut *tx)
+        .await?;
+    let events = if head != state.revision {
+        events + catch_up(pool, &mut state).await?
+    } else {
+        events
+    };
+    sqlx::query("TRUNCATE nodes, services, agents")
+        .execute(&mut *tx)
+        .await?;
     let nodes: Vec<Value> = state.nodes.values().map(|n| node_row(n)).collect();
     let services: Vec<Value> = state.services.values().map(|s| service_row(s)).collect();
     let agents: Vec<Value> = state.agents.values().map(|a| agent_row(a)).collect();
-    let report = RebuildReport { events, nodes: nodes.len(), services: services.len(), agents: agents.len() };
+    let report = RebuildReport {
+        events,
+        nodes: nodes.len(),
+        services: services.len(),
+        agents: agents.len(),
+    };
     replace_rows(&mut tx, "nodes", "node_id", vec![], nodes).await?;
     replace_rows(&mut tx, "services", "service_id", vec![], services).await?;
     replace_rows(&mut tx, "agents", "agent_id", vec![], agents).await?;
@@ -158,10 +202,17 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, StoreError> {
 /// its rebuild.
 pub async fn snapshot(pool: &PgPool) -> Result<Vec<Value>, StoreError> {
     let mut out = Vec::new();
-    for (table, key) in [("nodes", "node_id"), ("services", "service_id"), ("agents", "agent_id"), ("settings", "id")] {
-        let rows: Vec<Value> = sqlx::query_scalar(AssertSqlSafe(format!("SELECT to_jsonb(t) FROM {table} t ORDER BY {key}")))
-            .fetch_all(pool)
-            .await?;
+    for (table, key) in [
+        ("nodes", "node_id"),
+        ("services", "service_id"),
+        ("agents", "agent_id"),
+        ("settings", "id"),
+    ] {
+        let rows: Vec<Value> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT to_jsonb(t) FROM {table} t ORDER BY {key}"
+        )))
+        .fetch_all(pool)
+        .await?;
         out.extend(rows);
     }
     Ok(out)
