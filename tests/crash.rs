@@ -29,9 +29,10 @@ fn batch(b: usize) -> Vec<(Command, CommandMeta)> {
         })
         .collect();
     // The last command of every batch touches the settings row, so a test holding that row
-    // stops the writer after it has inserted the batch's events.
+    // stops the writer after it has inserted the batch's events. (A value unique to the batch,
+    // so the command always changes something and is recorded.)
     let settings = ChangeSettings {
-        enable_telemetry: Some(b % 2 == 0),
+        pmm_public_address: Some(format!("pmm-{b}.example")),
         ..ChangeSettings::default()
     };
     items.push((

@@ -452,7 +452,8 @@ impl AddManagedService {
     }
 
     /// The external exporter of an external or HAProxy service. Unspecified mode means pull
-    /// unless exactly one pmm-agent runs on `runs_on` (then push, PMM's auto rule).
+    /// unless exactly one pmm-agent runs on `runs_on` (then PMM's auto rule: push, except on
+    /// `pmm-server`).
     fn add_external_exporter(
         &self,
         d: &mut Decision<'_>,
@@ -466,7 +467,12 @@ impl AddManagedService {
         let push = match c.metrics_mode {
             MetricsMode::Push => true,
             MetricsMode::Pull => false,
-            MetricsMode::Unspecified => d.state().pmm_agents_on_node(&runs_on).len() == 1,
+            // Auto: pull unless exactly one pmm-agent runs there, then PMM's usual rule
+            // (push, but pull on `pmm-server`).
+            MetricsMode::Unspecified => match d.state().pmm_agents_on_node(&runs_on).as_slice() {
+                [only] => push_for(MetricsMode::Unspecified, only)?,
+                _ => false,
+            },
         };
         let mut a = AddAgent::new(AgentType::ExternalExporter);
         a.runs_on_node_id = Some(runs_on);
@@ -786,7 +792,7 @@ impl AddAzureDatabase {
         let service = AddService {
             service_type: Some(service_type),
             service_name: or_instance(&self.service_name),
-            node_id: node_id.clone(),
+            node_id,
             address: Some(self.address.clone()),
             port: Some(self.port),
             environment: self.environment.clone(),
@@ -816,9 +822,11 @@ impl AddAzureDatabase {
             create_agent(d, &a, CreateOpts::INVENTORY)?;
         }
         if self.azure_database_exporter {
+            // The management path attaches the azure exporter to the service (the inventory
+            // path attaches it to the remote_azure_database node).
             let mut a = AddAgent::new(AgentType::AzureDatabaseExporter);
             a.pmm_agent_id = Some(pmm_agent);
-            a.node_id = Some(node_id);
+            a.service_id = Some(service_id);
             a.azure = AzureOptions {
                 subscription_id: self.azure_subscription_id.clone(),
                 client_id: self.azure_client_id.clone(),

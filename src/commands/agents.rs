@@ -213,15 +213,23 @@ fn validate_common(p: &AddAgent) -> Result<(), Rejection> {
             "max_query_length: must be -1 (no limit), 0 (default) or positive.",
         ));
     }
-    if let Some(s) = &p.scheme {
-        if !matches!(s.as_str(), "" | "http" | "https") {
-            return Err(Rejection::invalid(format!(
-                "scheme: {:?} is not http or https.",
-                truncate(s)
-            )));
-        }
+    if let Some(s) = &p.scheme
+        && !matches!(s.as_str(), "" | "http" | "https")
+    {
+        return Err(Rejection::invalid(format!(
+            "scheme: {:?} is not http or https.",
+            truncate(s)
+        )));
     }
     Ok(())
+}
+
+/// An external exporter's listen port: required, 1..65535 (named as the field it is).
+fn listen_port(p: Option<u32>) -> Result<u16, Rejection> {
+    port(p)
+        .ok()
+        .flatten()
+        .ok_or_else(|| Rejection::invalid("listen_port: must be in range 1..65535."))
 }
 
 fn truncate(s: &str) -> String {
@@ -302,14 +310,22 @@ pub(crate) fn create_agent(
         }
         Target::Node => {
             let pmm_agent = require_pmm_agent(d, &p.pmm_agent_id)?;
-            let node = p
-                .node_id
-                .clone()
-                .filter(|n| !n.0.is_empty())
-                .ok_or_else(|| Rejection::invalid("node_id: value must not be empty."))?;
-            check_node_compat(d, &node, t)?;
             a.pmm_agent_id = Some(pmm_agent);
-            a.node_id = Some(node);
+            let node = p.node_id.clone().filter(|n| !n.0.is_empty());
+            let service = p.service_id.clone().filter(|s| !s.0.is_empty());
+            match (node, service) {
+                // Management AddAzureDatabase attaches the exporter to the service.
+                (None, Some(service_id)) if t == AgentType::AzureDatabaseExporter => {
+                    check_service_compat(d, &service_id, t, haproxy_ok)?;
+                    a.service_id = Some(service_id);
+                }
+                (node, _) => {
+                    let node = node
+                        .ok_or_else(|| Rejection::invalid("node_id: value must not be empty."))?;
+                    check_node_compat(d, &node, t)?;
+                    a.node_id = Some(node);
+                }
+            }
         }
         Target::Service => {
             let service_id = p
@@ -336,18 +352,7 @@ pub(crate) fn create_agent(
             } else {
                 a.pmm_agent_id = Some(require_pmm_agent(d, &p.pmm_agent_id)?);
             }
-            let service = d
-                .state()
-                .services
-                .get(&service_id)
-                .ok_or_else(|| Rejection::service_not_found(&service_id))?;
-            if !t.allowed_for_service(service.service_type, haproxy_ok) {
-                return Err(Rejection::failed_precondition(format!(
-                    "invalid combination of service type {} and agent type {}",
-                    service.service_type.as_str(),
-                    t.as_str()
-                )));
-            }
+            check_service_compat(d, &service_id, t, haproxy_ok)?;
             a.service_id = Some(service_id);
         }
     }
@@ -370,10 +375,10 @@ pub(crate) fn create_agent(
     a.tls = p.tls;
     a.tls_skip_verify = p.tls_skip_verify;
     if t.is_exporter() {
-        if p.push_metrics {
-            if let Some(pmm_agent) = a.pmm_agent_id.clone() {
-                check_push(d, &pmm_agent, t)?;
-            }
+        if p.push_metrics
+            && let Some(pmm_agent) = a.pmm_agent_id.clone()
+        {
+            check_push(d, &pmm_agent, t)?;
         }
         a.agent_password = p.agent_password.clone();
         a.exporter = ExporterOptions {
@@ -389,9 +394,7 @@ pub(crate) fn create_agent(
     use AgentType::*;
     match t {
         ExternalExporter => {
-            let listen_port = port(p.listen_port)?
-                .ok_or_else(|| Rejection::invalid("listen_port: must be in range 1..65535."))?;
-            a.listen_port = Some(listen_port);
+            a.listen_port = Some(listen_port(p.listen_port)?);
             a.exporter.metrics_path =
                 Some(non_empty(&p.metrics_path).unwrap_or_else(|| "/metrics".to_owned()));
             a.exporter.metrics_scheme =
@@ -430,6 +433,27 @@ pub(crate) fn create_agent(
     }
     d.emit(Event::AgentAdded { agent: a });
     Ok(id)
+}
+
+fn check_service_compat(
+    d: &Decision<'_>,
+    service_id: &ServiceId,
+    t: AgentType,
+    haproxy_ok: bool,
+) -> Result<(), Rejection> {
+    let service = d
+        .state()
+        .services
+        .get(service_id)
+        .ok_or_else(|| Rejection::service_not_found(service_id))?;
+    if !t.allowed_for_service(service.service_type, haproxy_ok) {
+        return Err(Rejection::failed_precondition(format!(
+            "invalid combination of service type {} and agent type {}",
+            service.service_type.as_str(),
+            t.as_str()
+        )));
+    }
+    Ok(())
 }
 
 fn check_node_compat(d: &Decision<'_>, node: &NodeId, t: AgentType) -> Result<(), Rejection> {
@@ -588,9 +612,7 @@ impl ChangeAgent {
         }
         if a.agent_type == AgentType::ExternalExporter {
             if self.listen_port.is_some() {
-                a.listen_port = Some(port(self.listen_port)?.ok_or_else(|| {
-                    Rejection::invalid("listen_port: must be in range 1..65535.")
-                })?);
+                a.listen_port = Some(listen_port(self.listen_port)?);
             }
             if let Some(p) = &self.metrics_path {
                 bounded("metrics_path", p, MAX_TEXT_LEN)?;
@@ -689,10 +711,8 @@ impl ChangeAgent {
                 a.runs_on_node_id = Some(node);
                 a.pmm_agent_id = None;
             }
-        } else if push {
-            if let Some(pmm_agent) = a.pmm_agent_id.clone() {
-                check_push(d, &pmm_agent, a.agent_type)?;
-            }
+        } else if push && let Some(pmm_agent) = a.pmm_agent_id.clone() {
+            check_push(d, &pmm_agent, a.agent_type)?;
         }
         a.exporter.push_metrics = push;
         Ok(())

@@ -30,6 +30,9 @@ pub struct AddNode {
 impl AddNode {
     /// Creates the node; returns its id.
     pub fn decide(&self, d: &mut Decision<'_>) -> Result<NodeId, Rejection> {
+        // Every inventory Add*NodeParams requires an address (min_len 1); RegisterNode and the
+        // bootstrap go through `create_node` directly and do not.
+        required("address", &self.address, MAX_TEXT_LEN)?;
         let id = NodeId::from(d.new_id());
         create_node(d, self, id, false)
     }
@@ -102,12 +105,12 @@ pub(crate) fn create_node(
         }
     }
     let container_id = non_empty(&p.container_id);
-    if let Some(c) = &container_id {
-        if state.node_by_container_id(c).is_some() {
-            return Err(Rejection::already_exists(format!(
-                "Node with container ID {c:?} already exists."
-            )));
-        }
+    if let Some(c) = &container_id
+        && state.node_by_container_id(c).is_some()
+    {
+        return Err(Rejection::already_exists(format!(
+            "Node with container ID {c:?} already exists."
+        )));
     }
     let machine_id = p
         .machine_id

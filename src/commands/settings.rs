@@ -154,12 +154,12 @@ impl ChangeSettings {
             ),
         ];
         for (want, pinned, what, var) in flags {
-            if let (Some(w), Some(p)) = (want, pinned) {
-                if w != p {
-                    return Err(Rejection::failed_precondition(format!(
-                        "{what} configured via {var} environment variable."
-                    )));
-                }
+            if let (Some(w), Some(p)) = (want, pinned)
+                && w != p
+            {
+                return Err(Rejection::failed_precondition(format!(
+                    "{what} configured via {var} environment variable."
+                )));
             }
         }
         let durations = [
@@ -189,12 +189,13 @@ impl ChangeSettings {
             ),
         ];
         for (want, pinned, what, var) in durations {
-            if let (Some(w), Some(p)) = (want, pinned) {
-                if !w.is_zero() && w != Duration::from_secs(p) {
-                    return Err(Rejection::failed_precondition(format!(
-                        "{what} is configured via {var} environment variable."
-                    )));
-                }
+            if let (Some(w), Some(p)) = (want, pinned)
+                && !w.is_zero()
+                && w != Duration::from_secs(p)
+            {
+                return Err(Rejection::failed_precondition(format!(
+                    "{what} is configured via {var} environment variable."
+                )));
             }
         }
         Ok(())

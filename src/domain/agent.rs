@@ -57,7 +57,8 @@ pub enum Target {
     RunsOnNode,
     /// `node_id`, the pmm-agent's own node (node_exporter, vmagent, nomad-agent).
     PmmAgentNode,
-    /// `node_id` given explicitly (rds and azure exporters).
+    /// `node_id` given explicitly (rds and azure exporters; management AddAzureDatabase gives
+    /// the azure exporter a `service_id` instead).
     Node,
     /// `service_id`.
     Service,

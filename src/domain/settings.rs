@@ -150,7 +150,7 @@ pub fn validate_retention(d: std::time::Duration) -> Result<u64, Rejection> {
             "data_retention: minimal resolution is 24h.",
         ));
     }
-    if d.subsec_nanos() != 0 || d.as_secs() % DAY_SECS != 0 {
+    if d.subsec_nanos() != 0 || !d.as_secs().is_multiple_of(DAY_SECS) {
         return Err(Rejection::invalid(
             "data_retention: should be a natural number of days.",
         ));

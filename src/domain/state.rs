@@ -109,10 +109,10 @@ impl State {
                 ix.node_by_address_region.remove(&key);
             }
         }
-        if let Some(c) = &node.container_id {
-            if ix.node_by_container_id.get(c) == Some(id) {
-                ix.node_by_container_id.remove(c);
-            }
+        if let Some(c) = &node.container_id
+            && ix.node_by_container_id.get(c) == Some(id)
+        {
+            ix.node_by_container_id.remove(c);
         }
     }
 
