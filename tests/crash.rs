@@ -133,13 +133,13 @@ async fn prepared() -> (TestDb, PgPool) {
     (db, pool)
 }
 
-#[tokio::test]
-async fn a_writer_killed_inside_its_batch_transaction_leaves_none_of_it() {
-    let (db, pool) = prepared().await;
-    let head_before = LogHead::load(&pool).await.expect("head");
-    let events_before = count_events(&pool).await;
-
-    // Hold the settings row: the child's first batch inserts its events, then waits here.
+/// Holds the settings row, starts a writer and waits until its first batch has inserted its
+/// events and is waiting for that row. Returns the writer, the held row and the backend pid.
+async fn writer_stopped_inside_its_batch(
+    db: &TestDb,
+    pool: &PgPool,
+    first: usize,
+) -> (Child, PgConnection, i32) {
     let mut blocker = PgConnection::connect(&db.url).await.expect("connect");
     sqlx::query("BEGIN")
         .execute(&mut blocker)
@@ -149,32 +149,55 @@ async fn a_writer_killed_inside_its_batch_transaction_leaves_none_of_it() {
         .execute(&mut blocker)
         .await
         .expect("lock");
-
-    let mut child = spawn_child(&db.url, 0);
+    let child = spawn_child(&db.url, first);
+    let stopped = "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE a.datname = current_database() AND a.wait_event_type = 'Lock' \
+         AND l.relation = 'events'::regclass AND l.mode = 'RowExclusiveLock' AND l.granted";
     wait_until(
         "the writer to insert its batch and wait on the settings row",
         DEADLINE,
         || async {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE a.datname = current_database() AND a.wait_event_type = 'Lock' \
-             AND l.relation = 'events'::regclass AND l.mode = 'RowExclusiveLock' AND l.granted",
-            )
-            .fetch_one(&pool)
-            .await
-            .expect("locks");
-            n == 1
+            let found: Option<i32> = sqlx::query_scalar(stopped)
+                .fetch_optional(pool)
+                .await
+                .expect("locks");
+            found.is_some()
         },
     )
     .await;
-    // Release the row only after the kill: the dead writer's transaction is rolled back.
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
+    // It stays stopped until the row is released, so this is the same backend.
+    let pid: i32 = sqlx::query_scalar(stopped)
+        .fetch_one(pool)
+        .await
+        .expect("pid");
+    (child, blocker, pid)
+}
+
+async fn release(mut blocker: PgConnection) {
     sqlx::query("ROLLBACK")
         .execute(&mut blocker)
         .await
         .expect("release");
-    drop(blocker);
+}
+
+#[tokio::test]
+async fn a_writer_killed_inside_its_batch_leaves_all_of_it_or_none() {
+    let (db, pool) = prepared().await;
+    let events_before = count_events(&pool).await;
+    let head_before = LogHead::load(&pool).await.expect("head");
+
+    // 1. The writer dies and its database session dies with it, with the batch's events
+    //    inserted but not committed: none of the batch.
+    let (mut child, blocker, pid) = writer_stopped_inside_its_batch(&db, &pool, 0).await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&pool)
+        .await
+        .expect("terminate");
+    assert!(terminated);
+    release(blocker).await;
     kill_done(&pool).await;
     assert_eq!(
         count_events(&pool).await,
@@ -188,14 +211,34 @@ async fn a_writer_killed_inside_its_batch_transaction_leaves_none_of_it() {
     );
     assert_whole_batches(&pool).await;
 
-    // Nothing of the batch was recorded, so its command ids apply now, once.
+    // 2. The writer dies after PostgreSQL has the whole batch statement: the batch is one
+    //    statement, so PostgreSQL completes it without the writer: all of the batch.
+    let (mut child, blocker, _) = writer_stopped_inside_its_batch(&db, &pool, 1).await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    release(blocker).await;
+    kill_done(&pool).await;
+    assert_eq!(
+        count_events(&pool).await,
+        events_before + BATCH as i64 + 1,
+        "all of the batch"
+    );
+    assert_whole_batches(&pool).await;
+
+    // A restarted writer applies batch 0 (never recorded) and sees batch 1 as already done.
     let (d, _task) = Dispatcher::start(pool.clone(), DispatcherConfig::default())
         .await
         .expect("restart");
     for r in d.dispatch_batch(batch(0)).await {
-        assert!(!r.expect("applied").duplicate);
+        assert!(!r.expect("applied").duplicate, "batch 0 was not recorded");
     }
-    assert_eq!(count_events(&pool).await, events_before + BATCH as i64 + 1);
+    for r in d.dispatch_batch(batch(1)).await {
+        assert!(r.expect("applied").duplicate, "batch 1 was recorded whole");
+    }
+    assert_eq!(
+        count_events(&pool).await,
+        events_before + 2 * (BATCH as i64 + 1)
+    );
     assert_whole_batches(&pool).await;
 }
 

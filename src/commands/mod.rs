@@ -177,6 +177,16 @@ impl<'a> Decision<'a> {
 
 /// Decides one command against `state`: the events it causes, or why it is rejected.
 pub fn decide(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Vec<Event>, Rejection> {
+    decide_and_evolve(state, cmd, ctx).map(|(events, _)| events)
+}
+
+/// [`decide`], also returning `state` with the events folded in (the writer's next base),
+/// so the batch does not fold them a second time.
+pub fn decide_and_evolve(
+    state: &State,
+    cmd: &Command,
+    ctx: &Ctx,
+) -> Result<(Vec<Event>, State), Rejection> {
     let mut d = Decision::new(state, ctx);
     match cmd {
         Command::AddNode(c) => c.decide(&mut d).map(drop),
@@ -195,7 +205,7 @@ pub fn decide(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Vec<Event>, Rej
         Command::ChangeSettings(c) => c.decide(&mut d),
         Command::BootstrapServer(c) => c.decide(&mut d),
     }?;
-    Ok(d.into_events())
+    Ok((d.events, d.state))
 }
 
 /// Turns empty strings into `None`: PMM's management layer treats "" as absent.

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+// Ids are keys of every persistent map in the state; copy-on-write copies keys, so they must
+// be cheap to clone.
+use std::sync::Arc;
 
 /// The id of the PMM Server's own node and of its own pmm-agent.
 pub const PMM_SERVER_ID: &str = "pmm-server";
@@ -20,7 +23,7 @@ macro_rules! id_type {
         $(#[$doc])*
         #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(pub String);
+        pub struct $name(pub Arc<str>);
 
         impl $name {
             pub fn as_str(&self) -> &str {
@@ -28,7 +31,7 @@ macro_rules! id_type {
             }
             /// True for the PMM Server's own fixed id.
             pub fn is_pmm_server(&self) -> bool {
-                self.0 == PMM_SERVER_ID
+                &*self.0 == PMM_SERVER_ID
             }
         }
         impl fmt::Display for $name {
@@ -38,17 +41,17 @@ macro_rules! id_type {
         }
         impl From<&str> for $name {
             fn from(s: &str) -> Self {
-                Self(s.to_owned())
+                Self(Arc::from(s))
             }
         }
         impl From<String> for $name {
             fn from(s: String) -> Self {
-                Self(s)
+                Self(Arc::from(s))
             }
         }
         impl From<uuid::Uuid> for $name {
             fn from(u: uuid::Uuid) -> Self {
-                Self(u.to_string())
+                Self(Arc::from(u.to_string()))
             }
         }
     };

@@ -25,15 +25,20 @@ pub struct State {
 /// Lookups derived from the entities; rebuilt by evolve, never stored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Index {
-    node_by_name: OrdMap<String, NodeId>,
-    node_by_address_region: OrdMap<(String, String), NodeId>,
-    node_by_container_id: OrdMap<String, NodeId>,
-    service_by_name: OrdMap<String, ServiceId>,
+    // Keys are shared strings: copy-on-write clones them along every changed path.
+    node_by_name: OrdMap<Arc<str>, NodeId>,
+    node_by_address_region: OrdMap<(Arc<str>, Arc<str>), NodeId>,
+    node_by_container_id: OrdMap<Arc<str>, NodeId>,
+    service_by_name: OrdMap<Arc<str>, ServiceId>,
     services_by_node: OrdMap<NodeId, OrdSet<ServiceId>>,
     agents_by_node: OrdMap<NodeId, OrdSet<AgentId>>,
     agents_by_runs_on_node: OrdMap<NodeId, OrdSet<AgentId>>,
     agents_by_service: OrdMap<ServiceId, OrdSet<AgentId>>,
     agents_by_pmm_agent: OrdMap<AgentId, OrdSet<AgentId>>,
+}
+
+fn pair(a: &str, b: &str) -> (Arc<str>, Arc<str>) {
+    (Arc::from(a), Arc::from(b))
 }
 
 fn link<K: Ord + Clone, V: Ord + Clone>(m: &mut OrdMap<K, OrdSet<V>>, k: &K, v: &V) {
@@ -84,13 +89,15 @@ impl State {
         self.drop_node(&node.node_id);
         let ix = &mut self.index;
         let id = node.node_id.clone();
-        ix.node_by_name.insert(node.node_name.clone(), id.clone());
+        ix.node_by_name
+            .insert(Arc::from(node.node_name.as_str()), id.clone());
         if let Some(region) = node.region.as_ref().filter(|r| !r.is_empty()) {
             ix.node_by_address_region
-                .insert((node.address.clone(), region.clone()), id.clone());
+                .insert(pair(&node.address, region), id.clone());
         }
         if let Some(c) = &node.container_id {
-            ix.node_by_container_id.insert(c.clone(), id.clone());
+            ix.node_by_container_id
+                .insert(Arc::from(c.as_str()), id.clone());
         }
         self.nodes.insert(id, Arc::new(node));
     }
@@ -100,19 +107,19 @@ impl State {
             return;
         };
         let ix = &mut self.index;
-        if ix.node_by_name.get(&node.node_name) == Some(id) {
-            ix.node_by_name.remove(&node.node_name);
+        if ix.node_by_name.get(node.node_name.as_str()) == Some(id) {
+            ix.node_by_name.remove(node.node_name.as_str());
         }
         if let Some(region) = &node.region {
-            let key = (node.address.clone(), region.clone());
+            let key = pair(&node.address, region);
             if ix.node_by_address_region.get(&key) == Some(id) {
                 ix.node_by_address_region.remove(&key);
             }
         }
         if let Some(c) = &node.container_id
-            && ix.node_by_container_id.get(c) == Some(id)
+            && ix.node_by_container_id.get(c.as_str()) == Some(id)
         {
-            ix.node_by_container_id.remove(c);
+            ix.node_by_container_id.remove(c.as_str());
         }
     }
 
@@ -121,7 +128,7 @@ impl State {
         let id = service.service_id.clone();
         self.index
             .service_by_name
-            .insert(service.service_name.clone(), id.clone());
+            .insert(Arc::from(service.service_name.as_str()), id.clone());
         link(&mut self.index.services_by_node, &service.node_id, &id);
         self.services.insert(id, Arc::new(service));
     }
@@ -130,8 +137,8 @@ impl State {
         let Some(s) = self.services.remove(id) else {
             return;
         };
-        if self.index.service_by_name.get(&s.service_name) == Some(id) {
-            self.index.service_by_name.remove(&s.service_name);
+        if self.index.service_by_name.get(s.service_name.as_str()) == Some(id) {
+            self.index.service_by_name.remove(s.service_name.as_str());
         }
         unlink(&mut self.index.services_by_node, &s.node_id, id);
     }
@@ -184,7 +191,7 @@ impl State {
 
     /// The node with this (address, region), if any (regions are never empty here).
     pub fn node_by_address_region(&self, address: &str, region: &str) -> Option<&Arc<Node>> {
-        let key = (address.to_owned(), region.to_owned());
+        let key = pair(address, region);
         self.index
             .node_by_address_region
             .get(&key)

@@ -26,6 +26,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Codec(#[from] crate::events::codec::CodecError),
+    /// A bug or a panic in the storage path; the batch was not appended.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 /// The embedded migrations (`migrations/`).

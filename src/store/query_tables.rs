@@ -99,53 +99,67 @@ async fn replace_rows(
     Ok(())
 }
 
-/// Rewrites the rows of the touched entities from `state` (delete, then insert those that
-/// still exist).
-pub async fn update(
-    conn: &mut PgConnection,
-    state: &State,
-    touched: &Touched,
-) -> Result<(), sqlx::Error> {
-    if !touched.nodes.is_empty() {
-        let rows = touched
-            .nodes
-            .iter()
-            .filter_map(|id| state.nodes.get(id))
-            .map(|n| node_row(n))
-            .collect();
-        let ids = touched.nodes.iter().map(|i| i.0.clone()).collect();
-        replace_rows(conn, "nodes", "node_id", ids, rows).await?;
+/// The query-table rows a batch rewrites: for each table the touched ids (their rows are
+/// deleted) and the rows of those that still exist (inserted again); the settings document
+/// when the settings changed.
+#[derive(Debug, Default)]
+pub struct RowChanges {
+    pub node_ids: Vec<String>,
+    pub node_rows: Value,
+    pub service_ids: Vec<String>,
+    pub service_rows: Value,
+    pub agent_ids: Vec<String>,
+    pub agent_rows: Value,
+    pub settings: Option<Value>,
+}
+
+/// The rows of the touched entities as they are in `state`.
+pub fn row_changes(state: &State, touched: &Touched) -> RowChanges {
+    fn table<K: Ord, T>(
+        ids: &BTreeSet<K>,
+        get: impl Fn(&K) -> Option<T>,
+        row: impl Fn(T) -> Value,
+        id: impl Fn(&K) -> String,
+    ) -> (Vec<String>, Value) {
+        let rows = ids.iter().filter_map(&get).map(row).collect();
+        (ids.iter().map(id).collect(), Value::Array(rows))
     }
-    if !touched.services.is_empty() {
-        let rows = touched
-            .services
-            .iter()
-            .filter_map(|id| state.services.get(id))
-            .map(|s| service_row(s))
-            .collect();
-        let ids = touched.services.iter().map(|i| i.0.clone()).collect();
-        replace_rows(conn, "services", "service_id", ids, rows).await?;
+    let (node_ids, node_rows) = table(
+        &touched.nodes,
+        |id| state.nodes.get(id),
+        |n| node_row(n),
+        |i| i.to_string(),
+    );
+    let (service_ids, service_rows) = table(
+        &touched.services,
+        |id| state.services.get(id),
+        |s| service_row(s),
+        |i| i.to_string(),
+    );
+    let (agent_ids, agent_rows) = table(
+        &touched.agents,
+        |id| state.agents.get(id),
+        |a| agent_row(a),
+        |i| i.to_string(),
+    );
+    RowChanges {
+        node_ids,
+        node_rows,
+        service_ids,
+        service_rows,
+        agent_ids,
+        agent_rows,
+        settings: touched.settings.then(|| settings_doc(state)),
     }
-    if !touched.agents.is_empty() {
-        let rows = touched
-            .agents
-            .iter()
-            .filter_map(|id| state.agents.get(id))
-            .map(|a| agent_row(a))
-            .collect();
-        let ids = touched.agents.iter().map(|i| i.0.clone()).collect();
-        replace_rows(conn, "agents", "agent_id", ids, rows).await?;
-    }
-    if touched.settings {
-        write_settings(conn, state).await?;
-    }
-    Ok(())
+}
+
+fn settings_doc(state: &State) -> Value {
+    serde_json::to_value(&*state.settings).unwrap_or_default()
 }
 
 async fn write_settings(conn: &mut PgConnection, state: &State) -> Result<(), sqlx::Error> {
-    let doc = serde_json::to_value(&*state.settings).unwrap_or_default();
     sqlx::query("UPDATE settings SET settings = $1")
-        .bind(doc)
+        .bind(settings_doc(state))
         .execute(conn)
         .await?;
     Ok(())

@@ -1,0 +1,76 @@
+-- One batch appended in one round trip: the base check, the events, the command results, the
+-- query-table rows of the entities the batch touched and the new head, as a single statement
+-- (so a single transaction). Group commit spends its time in PostgreSQL, not on the wire.
+--
+-- Returns the head position found. It equals `base` when the batch was appended; any other
+-- value means the base was stale and nothing was written.
+CREATE FUNCTION append_batch(
+    base           BIGINT,
+    new_position   BIGINT,
+    new_hash       BYTEA,
+    e_position     BIGINT[],
+    e_stream_id    TEXT[],
+    e_version      BIGINT[],
+    e_event_id     UUID[],
+    e_type         TEXT[],
+    e_schema       INTEGER[],
+    e_payload      TEXT[],
+    e_metadata     TEXT[],
+    e_recorded_at  TIMESTAMPTZ,
+    e_prev_hash    BYTEA[],
+    e_hash         BYTEA[],
+    c_command_id   TEXT[],
+    c_first        BIGINT[],
+    c_last         BIGINT[],
+    node_ids       TEXT[],
+    node_rows      JSONB,
+    service_ids    TEXT[],
+    service_rows   JSONB,
+    agent_ids      TEXT[],
+    agent_rows     JSONB,
+    settings_doc   JSONB
+) RETURNS BIGINT
+LANGUAGE plpgsql
+-- A cached generic plan does not know how many ids a batch touches and may scan whole tables;
+-- plan each call for its own arrays.
+SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    actual BIGINT;
+BEGIN
+    SELECT position INTO actual FROM log_head FOR UPDATE;
+    IF actual <> base THEN
+        RETURN actual;
+    END IF;
+
+    INSERT INTO events (position, stream_id, stream_version, event_id, event_type, schema_version,
+                        payload, metadata, recorded_at, prev_hash, hash)
+    SELECT p, s, v, e, t, sv, pl::jsonb, md::jsonb, e_recorded_at, ph, h
+    FROM UNNEST(e_position, e_stream_id, e_version, e_event_id, e_type, e_schema, e_payload,
+                e_metadata, e_prev_hash, e_hash) AS u(p, s, v, e, t, sv, pl, md, ph, h);
+
+    INSERT INTO command_results (command_id, first_position, last_position)
+    SELECT * FROM UNNEST(c_command_id, c_first, c_last);
+
+    -- Touched rows are deleted, then those that still exist are inserted again (in this order, so
+    -- a name freed and taken in the same batch does not collide).
+    IF cardinality(node_ids) > 0 THEN
+        DELETE FROM nodes WHERE node_id = ANY (node_ids);
+        INSERT INTO nodes SELECT * FROM jsonb_populate_recordset(NULL::nodes, node_rows);
+    END IF;
+    IF cardinality(service_ids) > 0 THEN
+        DELETE FROM services WHERE service_id = ANY (service_ids);
+        INSERT INTO services SELECT * FROM jsonb_populate_recordset(NULL::services, service_rows);
+    END IF;
+    IF cardinality(agent_ids) > 0 THEN
+        DELETE FROM agents WHERE agent_id = ANY (agent_ids);
+        INSERT INTO agents SELECT * FROM jsonb_populate_recordset(NULL::agents, agent_rows);
+    END IF;
+    IF settings_doc IS NOT NULL THEN
+        UPDATE settings SET settings = settings_doc;
+    END IF;
+
+    UPDATE log_head SET position = new_position, hash = new_hash;
+    RETURN actual;
+END
+$$;
