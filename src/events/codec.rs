@@ -45,3 +45,20 @@ pub fn decode(event_type: &str, version: i32, payload: Value) -> Result<Event, C
         source,
     })
 }
+
+/// [`decode`] from the payload's JSON text, without building a `Value` first (the replay path).
+pub fn decode_json(event_type: &str, version: i32, payload: &str) -> Result<Event, CodecError> {
+    if version != CURRENT_SCHEMA_VERSION {
+        return Err(CodecError::UnknownVersion {
+            event_type: event_type.to_owned(),
+            version,
+        });
+    }
+    // The tag comes first, so serde reads the payload straight into its variant.
+    let tag = serde_json::to_string(event_type).map_err(CodecError::Encode)?;
+    let tagged = format!("{{\"type\":{tag},\"data\":{payload}}}");
+    serde_json::from_str(&tagged).map_err(|source| CodecError::Decode {
+        event_type: event_type.to_owned(),
+        source,
+    })
+}

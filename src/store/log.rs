@@ -345,6 +345,8 @@ pub async fn read(
          AND (cardinality($3::text[]) = 0 OR event_type = ANY($3)) \
          ORDER BY position LIMIT $4",
     )
+    // Planned per call with its own filters, so a stream filter uses the stream index.
+    .persistent(false)
     .bind(filter.after)
     .bind(&filter.stream_id)
     .bind(&filter.event_types)
@@ -374,28 +376,36 @@ pub async fn read(
         .collect()
 }
 
-/// Folds every event after `state.revision` into `state`, page by page.
+/// Folds every event after `state.revision` into `state`, page by page; the next page is
+/// read while the current one is folded.
 pub async fn catch_up(pool: &PgPool, state: &mut State) -> Result<u64, StoreError> {
-    let mut n = 0;
-    loop {
-        let page = read(
-            pool,
-            &ReadFilter {
-                after: state.revision,
-                limit: 10_000,
-                ..Default::default()
-            },
-            Secrets::Keep,
+    const PAGE: i64 = 10_000;
+    async fn page(pool: PgPool, after: i64) -> Result<Vec<(i64, String, i32, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT position, event_type, schema_version, payload::text FROM events \
+             WHERE position > $1 ORDER BY position LIMIT $2",
         )
-        .await?;
-        if page.is_empty() {
-            return Ok(n);
-        }
-        for e in &page {
-            state.apply_at(e.position, &e.decode()?);
+        .bind(after)
+        .bind(PAGE)
+        .fetch_all(&pool)
+        .await?)
+    }
+    let mut n = 0;
+    let mut current = page(pool.clone(), state.revision).await?;
+    while let Some(&(last, ..)) = current.last() {
+        let next = tokio::spawn(page(pool.clone(), last));
+        for (position, event_type, version, payload) in &current {
+            state.apply_at(
+                *position,
+                &codec::decode_json(event_type, *version, payload)?,
+            );
             n += 1;
         }
+        current = next
+            .await
+            .map_err(|e| StoreError::Internal(format!("reading the log: {e}")))??;
     }
+    Ok(n)
 }
 
 /// The result of walking the chain.

@@ -177,8 +177,10 @@ pub struct RebuildReport {
 /// Drops every query-table row and recreates them from the whole log, in one transaction
 /// (readers see the old rows until it commits).
 pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, StoreError> {
+    let started = std::time::Instant::now();
     let mut state = State::default();
     let events = catch_up(pool, &mut state).await?;
+    let folded = started.elapsed();
     let mut tx = pool.begin().await?;
     sqlx::query("LOCK TABLE log_head IN EXCLUSIVE MODE")
         .execute(&mut *tx)
@@ -209,6 +211,12 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, StoreError> {
     replace_rows(&mut tx, "agents", "agent_id", vec![], agents).await?;
     write_settings(&mut tx, &state).await?;
     tx.commit().await?;
+    tracing::info!(
+        events,
+        read_and_fold_ms = folded.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "query tables rebuilt"
+    );
     Ok(report)
 }
 

@@ -1,0 +1,172 @@
+//! `serve` end to end: with no database configured it runs a private PostgreSQL in the data
+//! directory (migrations, cluster key, PMM Server fixtures) and stops it on shutdown; a second
+//! start reuses it without recording anything twice; with a database URL it uses that server.
+
+mod support;
+
+use pmmcp::config::{DbArgs, ServeArgs};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "pmmcp-serve-{tag}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // Traversable by the `postgres` user when the tests run as root.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn args(data_dir: &Path, database_url: Option<String>) -> ServeArgs {
+    ServeArgs {
+        db: DbArgs {
+            data_dir: data_dir.to_owned(),
+            database_url,
+            pg_bin_dir: std::env::var_os("PMM_CP_PG_BIN_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+        },
+        cluster_key_file: None,
+        node_name: "test-node".to_owned(),
+        debug_addr: "127.0.0.1:0".parse().expect("addr"),
+        max_batch: 512,
+        db_connections: 4,
+    }
+}
+
+/// A running server: its debug address and the way to stop it.
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(args: ServeArgs) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(pmmcp::app::serve(args, listener, async move {
+        let _ = stopped.await;
+    }));
+    Running { addr, stop, task }
+}
+
+impl Running {
+    /// Waits for the health endpoint and returns its JSON.
+    async fn health(&self) -> serde_json::Value {
+        // Polls a condition with a deadline; the interval only paces the polling.
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            assert!(!self.task.is_finished(), "serve stopped early");
+            if let Some(body) = get(self.addr, "/debug/health").await {
+                return serde_json::from_str(&body).expect("health is JSON");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for the debug health endpoint"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("serve task")
+            .expect("serve stops cleanly");
+    }
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_a_private_postgres_in_the_data_directory_and_stops_it() {
+    let dir = TempDir::new("embedded");
+    let server = start(args(&dir.0, None)).await;
+    let health = server.health().await;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["nodes"], 1, "the pmm-server node is recorded");
+    let revision = health["revision"].as_i64().expect("revision");
+    assert!(revision > 0);
+    let pid_file = dir.0.join("postgres").join("postmaster.pid");
+    assert!(
+        pid_file.exists(),
+        "the private cluster runs in the data directory"
+    );
+    let key = dir.0.join("cluster.key");
+    assert_eq!(
+        std::fs::metadata(&key)
+            .expect("cluster key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let key_bytes = std::fs::read(&key).expect("key");
+    server.stop().await;
+    assert!(
+        !pid_file.exists(),
+        "the private cluster is stopped on shutdown"
+    );
+
+    // Started again: the same cluster, key and log; the fixtures are not recorded twice.
+    let server = start(args(&dir.0, None)).await;
+    let again = server.health().await;
+    assert_eq!(again["revision"].as_i64(), Some(revision));
+    assert_eq!(std::fs::read(&key).expect("key"), key_bytes);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_a_database_url_uses_that_server() {
+    let dir = TempDir::new("external");
+    let db = TestDb::new().await;
+    let server = start(args(&dir.0, Some(db.url.clone()))).await;
+    let health = server.health().await;
+    server.stop().await;
+    assert!(
+        !dir.0.join("postgres").exists(),
+        "no private cluster is created"
+    );
+    let pool = db.pool().await;
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        Some(recorded),
+        health["revision"].as_i64(),
+        "the events are in the given database"
+    );
+    assert!(
+        pmmcp::store::log::verify(&pool)
+            .await
+            .expect("verify")
+            .is_ok()
+    );
+}
