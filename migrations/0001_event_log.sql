@@ -26,10 +26,15 @@ CREATE TABLE log_head (
 );
 INSERT INTO log_head (id, position, hash) VALUES (TRUE, 0, decode(repeat('00', 32), 'hex'));
 
+-- Every decided command's result, so a repeated command id gets the first answer: the positions
+-- of its events, or no positions (it changed nothing), or its rejection ({class, message}).
 CREATE TABLE command_results (
     command_id      TEXT PRIMARY KEY,
-    first_position  BIGINT NOT NULL,
-    last_position   BIGINT NOT NULL
+    first_position  BIGINT,
+    last_position   BIGINT,
+    rejection       JSONB,
+    CHECK ((first_position IS NULL) = (last_position IS NULL)),
+    CHECK (rejection IS NULL OR first_position IS NULL)
 );
 
 CREATE TABLE nodes (

@@ -3,7 +3,10 @@
 -- (so a single transaction). Group commit spends its time in PostgreSQL, not on the wire.
 --
 -- Returns the head position found. It equals `base` when the batch was appended; any other
--- value means the base was stale and nothing was written.
+-- value (NULL: no head row) means the base was stale and nothing was written. A batch that does
+-- not chain on the stored head hash is refused with SQLSTATE PM001 (the writer's head is wrong).
+-- Command results cover every decided command: appended ones with positions, the others with
+-- NULL positions and their rejection (NULL for a command that changed nothing).
 CREATE FUNCTION append_batch(
     base           BIGINT,
     new_position   BIGINT,
@@ -22,6 +25,7 @@ CREATE FUNCTION append_batch(
     c_command_id   TEXT[],
     c_first        BIGINT[],
     c_last         BIGINT[],
+    c_rejection    TEXT[],
     node_ids       TEXT[],
     node_rows      JSONB,
     service_ids    TEXT[],
@@ -36,11 +40,16 @@ LANGUAGE plpgsql
 SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-    actual BIGINT;
+    actual      BIGINT;
+    actual_hash BYTEA;
 BEGIN
-    SELECT position INTO actual FROM log_head FOR UPDATE;
-    IF actual <> base THEN
+    SELECT position, hash INTO actual, actual_hash FROM log_head FOR UPDATE;
+    IF NOT FOUND OR actual IS DISTINCT FROM base THEN
         RETURN actual;
+    END IF;
+    IF cardinality(e_prev_hash) > 0 AND e_prev_hash[1] IS DISTINCT FROM actual_hash THEN
+        RAISE EXCEPTION 'the batch does not chain on the log head at position %', actual
+            USING ERRCODE = 'PM001';
     END IF;
 
     INSERT INTO events (position, stream_id, stream_version, event_id, event_type, schema_version,
@@ -49,8 +58,8 @@ BEGIN
     FROM UNNEST(e_position, e_stream_id, e_version, e_event_id, e_type, e_schema, e_payload,
                 e_metadata, e_prev_hash, e_hash) AS u(p, s, v, e, t, sv, pl, md, ph, h);
 
-    INSERT INTO command_results (command_id, first_position, last_position)
-    SELECT * FROM UNNEST(c_command_id, c_first, c_last);
+    INSERT INTO command_results (command_id, first_position, last_position, rejection)
+    SELECT id, f, l, r::jsonb FROM UNNEST(c_command_id, c_first, c_last, c_rejection) AS u(id, f, l, r);
 
     -- Touched rows are deleted, then those that still exist are inserted again (in this order, so
     -- a name freed and taken in the same batch does not collide).

@@ -11,7 +11,7 @@ use pmmcp::commands::dispatcher::{Dispatcher, DispatcherConfig};
 use pmmcp::commands::settings::ChangeSettings;
 use pmmcp::commands::{Command, CommandMeta};
 use pmmcp::store::{self, LogHead};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 use support::*;
@@ -85,7 +85,7 @@ async fn kill_done(pool: &PgPool) {
     wait_until("the killed writer's session to end", DEADLINE, || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')",
+             AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')",
         )
         .fetch_one(pool)
         .await
@@ -212,7 +212,16 @@ async fn a_writer_killed_inside_its_batch_leaves_all_of_it_or_none() {
     assert_whole_batches(&pool).await;
 
     // 2. The writer dies after PostgreSQL has the whole batch statement: the batch is one
-    //    statement, so PostgreSQL completes it without the writer: all of the batch.
+    //    statement, so PostgreSQL completes it without the writer: all of the batch. (With
+    //    client_connection_check_interval set, PostgreSQL would notice the dead client and
+    //    abort instead: none of it. Pinned off here so the outcome is deterministic.)
+    sqlx::query(AssertSqlSafe(format!(
+        "ALTER DATABASE {} SET client_connection_check_interval = 0",
+        db.name
+    )))
+    .execute(&pool)
+    .await
+    .expect("pin the setting");
     let (mut child, blocker, _) = writer_stopped_inside_its_batch(&db, &pool, 1).await;
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");

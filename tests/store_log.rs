@@ -63,9 +63,12 @@ async fn stale_base_appends_nothing() {
     let (pool, d) = db.dispatcher().await;
     let before = count_events(&pool).await;
     let state = d.state();
+    // A writer whose head is one event behind: the Rust-side check passes, the database's
+    // check refuses it.
     let mut head = LogHead::load(&pool).await.expect("head");
+    head.position -= 1;
     let stale = Batch {
-        base_position: head.position - 1,
+        base_position: head.position,
         recorded_at: chrono::Utc::now(),
         decided_by: "test".to_owned(),
         items: vec![AppendItem {
@@ -77,6 +80,7 @@ async fn stale_base_appends_nothing() {
             )
             .expect("decides"),
         }],
+        unappended: vec![],
     };
     let err = store::log::append(&pool, &mut head, &stale, &state)
         .await
@@ -86,7 +90,7 @@ async fn stale_base_appends_nothing() {
         "{err:?}"
     );
     assert_eq!(count_events(&pool).await, before);
-    assert_eq!(head.position, before, "the writer's head is unchanged");
+    assert_eq!(head.position, before - 1, "the writer's head is unchanged");
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM nodes WHERE node_name = 'late'")
         .fetch_one(&pool)
         .await
@@ -301,5 +305,172 @@ async fn rejected_commands_append_nothing_and_fail_alone_in_their_batch() {
         "{:?}",
         results[1]
     );
+    assert_eq!(count_events(&pool).await, before + 2);
+}
+
+#[tokio::test]
+async fn a_second_writer_with_a_stale_state_retries_transparently() {
+    let db = TestDb::new().await;
+    let (pool, first) = db.dispatcher().await;
+    let (second, _task) =
+        pmmcp::commands::dispatcher::Dispatcher::start(pool.clone(), Default::default())
+            .await
+            .expect("second writer");
+    first
+        .dispatch(add_node("from-first"), CommandMeta::new("test"))
+        .await
+        .expect("first");
+    // The second writer's state predates that node: its append meets the database's base
+    // check, it re-reads the log and decides again.
+    second
+        .dispatch(add_node("from-second"), CommandMeta::new("test"))
+        .await
+        .expect("retried");
+    let err = second
+        .dispatch(add_node("from-first"), CommandMeta::new("test"))
+        .await
+        .expect_err("sees the first");
+    assert_eq!(
+        err.class(),
+        Some(pmmcp::commands::ErrorClass::AlreadyExists)
+    );
+    assert!(store::log::verify(&pool).await.expect("verify").is_ok());
+}
+
+#[tokio::test]
+async fn concurrent_adds_of_one_name_let_exactly_one_succeed() {
+    let db = TestDb::new().await;
+    let (pool, d) = db.dispatcher().await;
+    let before = count_events(&pool).await;
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                d.dispatch(add_node("contested"), CommandMeta::new("test"))
+                    .await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(
+                e.class(),
+                Some(pmmcp::commands::ErrorClass::AlreadyExists),
+                "{e}"
+            ),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(count_events(&pool).await, before + 1);
+}
+
+#[tokio::test]
+async fn one_command_id_sent_concurrently_appends_once() {
+    let db = TestDb::new().await;
+    let (pool, d) = db.dispatcher().await;
+    let before = count_events(&pool).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let d = d.clone();
+            // Different bodies, one id: the first decided wins, the rest get its result.
+            tokio::spawn(async move {
+                d.dispatch(
+                    add_node(&format!("same-id-{i}")),
+                    CommandMeta::with_id("one-id", "test"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("task").expect("applied"));
+    }
+    assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
+    assert!(results.iter().all(|r| r.positions == results[0].positions));
+    assert_eq!(count_events(&pool).await, before + 1);
+}
+
+#[tokio::test]
+async fn rejections_and_no_ops_are_recorded_under_their_command_id() {
+    use pmmcp::commands::Command;
+    use pmmcp::commands::settings::ChangeSettings;
+    let db = TestDb::new().await;
+    let (pool, d) = db.dispatcher().await;
+    // A rejection is the answer for that id, even if the command sent again would succeed.
+    let bad = d
+        .dispatch(add_node(""), CommandMeta::with_id("rejected-once", "test"))
+        .await
+        .expect_err("empty name");
+    let again = d
+        .dispatch(
+            add_node("fine"),
+            CommandMeta::with_id("rejected-once", "test"),
+        )
+        .await
+        .expect_err("recorded");
+    assert_eq!(bad, again);
+    // A command that changed nothing stays "changed nothing", even after the state moved on.
+    let same = || {
+        Command::ChangeSettings(ChangeSettings {
+            enable_telemetry: Some(true),
+            ..Default::default()
+        })
+    };
+    d.dispatch(same(), CommandMeta::new("test"))
+        .await
+        .expect("set");
+    let noop = d
+        .dispatch(same(), CommandMeta::with_id("no-op", "test"))
+        .await
+        .expect("no-op");
+    assert_eq!((noop.positions, noop.duplicate), (None, false));
+    let off = Command::ChangeSettings(ChangeSettings {
+        enable_telemetry: Some(false),
+        ..Default::default()
+    });
+    d.dispatch(off, CommandMeta::new("test"))
+        .await
+        .expect("changed");
+    let before = count_events(&pool).await;
+    let repeat = d
+        .dispatch(same(), CommandMeta::with_id("no-op", "test"))
+        .await
+        .expect("repeat");
+    assert_eq!((repeat.positions, repeat.duplicate), (None, true));
+    assert_eq!(
+        count_events(&pool).await,
+        before,
+        "the repeat did not turn telemetry back on"
+    );
+    assert_eq!(d.state().settings.telemetry_enabled, Some(false));
+}
+
+#[tokio::test]
+async fn bad_metadata_is_refused_alone() {
+    let db = TestDb::new().await;
+    let (pool, d) = db.dispatcher().await;
+    let before = count_events(&pool).await;
+    let long = "x".repeat(300);
+    let results = d
+        .dispatch_batch(vec![
+            (add_node("good-1"), CommandMeta::new("test")),
+            (add_node("bad-1"), CommandMeta::with_id("nul\0id", "test")),
+            (add_node("bad-2"), CommandMeta::with_id(long, "test")),
+            (add_node("bad-3"), CommandMeta::with_id("", "test")),
+            (add_node("good-2"), CommandMeta::new("test")),
+        ])
+        .await;
+    assert!(results[0].is_ok() && results[4].is_ok(), "{results:?}");
+    for r in &results[1..4] {
+        let e = r.as_ref().expect_err("refused");
+        assert_eq!(
+            e.class(),
+            Some(pmmcp::commands::ErrorClass::InvalidArgument),
+            "{e}"
+        );
+    }
     assert_eq!(count_events(&pool).await, before + 2);
 }

@@ -12,13 +12,13 @@ use crate::domain::ids::truncate_to_micros;
 use crate::domain::settings::EnvSettings;
 use crate::events::Event;
 use crate::store::log::Positions;
-use crate::store::{self, AppendItem, Batch, LogHead, StoreError};
+use crate::store::{self, AppendItem, Batch, LogHead, Recorded, StoreError};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 /// What a command that applied returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,8 +61,11 @@ type Reply = oneshot::Sender<Vec<Result<Applied, CommandError>>>;
 struct Job {
     items: Vec<(Command, CommandMeta)>,
     reply: Reply,
-    /// Times this job was decided again after a stale base.
+    /// Times this job was sent again after its batch was not appended.
     attempts: u32,
+    /// Set after its batch failed for a reason other than a stale base: it goes alone in its
+    /// next batch, so one bad command cannot fail its neighbours again.
+    isolate: bool,
 }
 
 /// A handle to the writer. Cheap to clone; the writer stops when every handle is dropped.
@@ -78,9 +81,7 @@ impl Dispatcher {
         pool: PgPool,
         config: DispatcherConfig,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
-        let mut state = State::default();
-        store::log::catch_up(&pool, &mut state).await?;
-        let head = LogHead::load(&pool).await?;
+        let (state, head) = load_consistent(&pool, State::default()).await?;
         let (state_tx, state_rx) = watch::channel(state.clone());
         let (jobs_tx, jobs_rx) = mpsc::channel(4096);
         let writer = Writer {
@@ -113,12 +114,23 @@ impl Dispatcher {
     }
 
     /// Decides and appends several commands in one transaction (all accepted ones or none).
+    /// Each gets its own result; one with bad metadata is refused alone.
     pub async fn dispatch_batch(
         &self,
         items: Vec<(Command, CommandMeta)>,
     ) -> Vec<Result<Applied, CommandError>> {
-        let n = items.len();
-        let (reply, rx) = oneshot::channel();
+        let mut out: Vec<Option<Result<Applied, CommandError>>> = Vec::with_capacity(items.len());
+        let mut valid = Vec::with_capacity(items.len());
+        for (cmd, meta) in items {
+            match check_meta(&meta) {
+                Ok(()) => {
+                    out.push(None);
+                    valid.push((cmd, meta));
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let n = valid.len();
         let stopped = || {
             (0..n)
                 .map(|_| {
@@ -126,21 +138,34 @@ impl Dispatcher {
                         "the writer has stopped".to_owned(),
                     ))
                 })
-                .collect()
+                .collect::<Vec<_>>()
         };
-        if self
-            .jobs
-            .send(Job {
-                items,
+        let results = if n == 0 {
+            Vec::new()
+        } else {
+            let (reply, rx) = oneshot::channel();
+            let job = Job {
+                items: valid,
                 reply,
                 attempts: 0,
+                isolate: false,
+            };
+            if self.jobs.send(job).await.is_err() {
+                stopped()
+            } else {
+                rx.await.unwrap_or_else(|_| stopped())
+            }
+        };
+        let mut results = results.into_iter();
+        out.into_iter()
+            .map(|r| {
+                r.or_else(|| results.next()).unwrap_or_else(|| {
+                    Err(CommandError::Internal(
+                        "the writer returned too few results".to_owned(),
+                    ))
+                })
             })
-            .await
-            .is_err()
-        {
-            return stopped();
-        }
-        rx.await.unwrap_or_else(|_| stopped())
+            .collect()
     }
 
     /// The current state (an O(1) snapshot).
@@ -193,23 +218,39 @@ struct Decided {
     jobs: Vec<Job>,
     slots: Vec<Slot>,
     append: Vec<AppendItem>,
+    /// Commands decided without events (no-ops and rejections), recorded with the batch.
+    unappended: Vec<(String, Option<Rejection>)>,
     /// The slot of each command id's first occurrence in this batch.
     first_slot: HashMap<String, usize>,
+    /// The log position the decisions are based on: the append fails unless it is the head.
+    base: i64,
+    /// The position after this batch's events.
+    end: i64,
     /// The state with this batch folded in.
     after: State,
     now: Timestamp,
+    /// Holds one isolated job and takes no other.
+    isolated: bool,
 }
 
 impl Decided {
-    fn new(base: State) -> Self {
+    fn new(after: State, base: i64) -> Self {
         Self {
             jobs: Vec::new(),
             slots: Vec::new(),
             append: Vec::new(),
+            unappended: Vec::new(),
             first_slot: HashMap::new(),
-            after: base,
+            base,
+            end: base,
+            after,
             now: truncate_to_micros(chrono::Utc::now()),
+            isolated: false,
         }
+    }
+
+    fn writes_nothing(&self) -> bool {
+        self.append.is_empty() && self.unappended.is_empty()
     }
 }
 
@@ -247,7 +288,7 @@ impl Writer {
             if let Some(mut flight) = in_flight.take() {
                 let full = next
                     .as_ref()
-                    .is_some_and(|n| n.slots.len() >= self.config.max_batch);
+                    .is_some_and(|n| n.isolated || n.slots.len() >= self.config.max_batch);
                 let landed = if open && !full {
                     tokio::select! {
                         landed = &mut flight.task => Some(landed),
@@ -282,7 +323,7 @@ impl Writer {
                 }
             }
             match next.take() {
-                Some(n) if n.append.is_empty() => self.reply(n, Vec::new()),
+                Some(n) if n.writes_nothing() => self.reply(n, Vec::new()),
                 Some(n) => in_flight = Some(self.launch(n)),
                 None if queue.is_empty() => {
                     if !open {
@@ -300,14 +341,17 @@ impl Writer {
     }
 
     /// Decides queued jobs into `next`, up to the batch limit. A job that repeats a command id
-    /// of the batch in flight waits in the queue until that batch lands (it then finds the id
-    /// recorded).
+    /// of the batch in flight waits in the queue until that batch lands (it then finds that id
+    /// recorded); an isolated job goes alone.
     async fn decide_into(
         &mut self,
         next: &mut Option<Decided>,
         queue: &mut VecDeque<Job>,
         in_flight: Option<&InFlight>,
     ) {
+        if next.as_ref().is_some_and(|n| n.isolated) {
+            return;
+        }
         let flying: HashSet<&str> = in_flight
             .map(|f| {
                 f.decided
@@ -320,15 +364,19 @@ impl Writer {
         let mut count = next.as_ref().map_or(0, |n| n.slots.len());
         let mut taken = Vec::new();
         let mut kept = VecDeque::new();
+        let mut isolated = false;
         while let Some(job) = queue.pop_front() {
             let repeats = job
                 .items
                 .iter()
                 .any(|(_, m)| flying.contains(m.command_id.as_str()));
-            if repeats || (count > 0 && count + job.items.len() > self.config.max_batch) {
+            let fits =
+                count == 0 || (!job.isolate && count + job.items.len() <= self.config.max_batch);
+            if repeats || isolated || !fits {
                 kept.push_back(job);
             } else {
                 count += job.items.len();
+                isolated = job.isolate;
                 taken.push(job);
             }
         }
@@ -350,29 +398,36 @@ impl Writer {
                 return;
             }
         };
-        let decided = next.get_or_insert_with(|| {
-            Decided::new(
-                in_flight
-                    .map(|f| f.decided.after.clone())
-                    .unwrap_or_else(|| self.state.clone()),
-            )
+        let decided = next.get_or_insert_with(|| match in_flight {
+            Some(f) => Decided::new(f.decided.after.clone(), f.decided.end),
+            None => Decided::new(self.state.clone(), self.head.position),
         });
+        decided.isolated = isolated;
         for job in taken {
             self.decide_job(decided, job, &known);
         }
     }
 
     /// Decides one caller's commands on top of `decided`, in order.
-    fn decide_job(&self, decided: &mut Decided, job: Job, known: &HashMap<String, (i64, i64)>) {
+    fn decide_job(&self, decided: &mut Decided, job: Job, known: &HashMap<String, Recorded>) {
         for (cmd, meta) in &job.items {
             let id = meta.command_id.as_str();
-            if let Some(&(first, last)) = known.get(id) {
-                decided.slots.push(Slot::Done(Ok(Applied {
-                    command_id: id.to_owned(),
-                    positions: Some((first, last)),
-                    revision: last,
-                    duplicate: true,
-                })));
+            if let Some(recorded) = known.get(id) {
+                decided.slots.push(Slot::Done(match recorded {
+                    Recorded::Appended((first, last)) => Ok(Applied {
+                        command_id: id.to_owned(),
+                        positions: Some((*first, *last)),
+                        revision: *last,
+                        duplicate: true,
+                    }),
+                    Recorded::Unchanged => Ok(Applied {
+                        command_id: id.to_owned(),
+                        positions: None,
+                        revision: 0,
+                        duplicate: true,
+                    }),
+                    Recorded::Rejected(r) => Err(r.clone().into()),
+                }));
                 continue;
             }
             if let Some(&j) = decided.first_slot.get(id) {
@@ -387,41 +442,66 @@ impl Writer {
                 seed: rand::random(),
                 env: self.config.env.clone(),
             };
-            match decide_and_evolve(&decided.after, cmd, &ctx)
-                .and_then(|(events, after)| Ok((check_storable(events)?, after)))
-            {
-                Ok((events, _)) if events.is_empty() => {
+            // decide is pure and must not panic; if it does, that command fails alone and the
+            // writer goes on.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                decide_and_evolve(&decided.after, cmd, &ctx)
+                    .and_then(|(events, after)| Ok((check_storable(events)?, after)))
+            }));
+            match outcome {
+                Ok(Ok((events, _))) if events.is_empty() => {
+                    decided.unappended.push((id.to_owned(), None));
                     decided.slots.push(Slot::Done(Ok(Applied {
                         command_id: id.to_owned(),
                         positions: None,
                         revision: 0,
                         duplicate: false,
-                    })))
+                    })));
                 }
-                Ok((events, after)) => {
+                Ok(Ok((events, after))) => {
                     decided.after = after;
+                    decided.end += events.len() as i64;
                     decided.slots.push(Slot::Appended(decided.append.len()));
                     decided.append.push(AppendItem {
                         meta: meta.clone(),
                         events,
                     });
                 }
-                Err(rejection) => {
+                Ok(Err(rejection)) => {
                     debug!(command = cmd.name(), command_id = id, class = ?rejection.class, "command rejected");
+                    decided
+                        .unappended
+                        .push((id.to_owned(), Some(rejection.clone())));
                     decided.slots.push(Slot::Done(Err(rejection.into())));
+                }
+                Err(_) => {
+                    error!(
+                        command = cmd.name(),
+                        command_id = id,
+                        "decide panicked; the command is refused"
+                    );
+                    decided
+                        .slots
+                        .push(Slot::Done(Err(CommandError::Internal(format!(
+                            "{} could not be decided",
+                            cmd.name()
+                        )))));
                 }
             }
         }
         decided.jobs.push(job);
     }
 
-    /// Starts appending a decided batch on top of the committed head.
+    /// Starts appending a decided batch. Its base is the position its decisions were made on;
+    /// if the head is not there (a failed batch ahead, a resync), the append is refused as
+    /// stale and the batch is decided again.
     fn launch(&self, decided: Decided) -> InFlight {
         let batch = Batch {
-            base_position: self.head.position,
+            base_position: decided.base,
             recorded_at: decided.now,
             decided_by: self.config.node_name.clone(),
             items: decided.append.clone(),
+            unappended: decided.unappended.clone(),
         };
         let (pool, mut head, after) = (self.pool.clone(), self.head.clone(), decided.after.clone());
         let task = tokio::spawn(async move {
@@ -432,8 +512,10 @@ impl Writer {
     }
 
     /// Settles a batch whose append finished. On success the state and head move on and its
-    /// callers get their results. On a stale base its jobs are returned to be decided again
-    /// (a bounded number of times); on any other failure its callers get the error.
+    /// callers get their results. Otherwise the log is re-read and its jobs are returned to be
+    /// sent again, a bounded number of times: a stale base is decided again; after any other
+    /// failure each job goes alone (so a bad one fails alone), and a job whose batch did commit
+    /// before the failure was reported finds its results recorded.
     async fn land(&mut self, decided: Decided, landed: Landed) -> Result<(), Vec<Job>> {
         let (result, head) = landed;
         match result {
@@ -452,10 +534,12 @@ impl Writer {
                 if let Err(e2) = self.resync().await {
                     warn!(error = %e2, "could not re-read the log after a failed append");
                 }
+                let shared = decided.jobs.len() > 1;
                 let mut retry = Vec::new();
                 for mut job in decided.jobs {
-                    if conflict && job.attempts < self.config.conflict_retries {
+                    if job.attempts < self.config.conflict_retries {
                         job.attempts += 1;
+                        job.isolate = !conflict && shared;
                         retry.push(job);
                     } else {
                         let _ = job.reply.send(fail_all(job.items.len(), &e));
@@ -477,7 +561,11 @@ impl Writer {
         for (slot, id) in decided.slots.into_iter().zip(ids) {
             let r = match slot {
                 Slot::Done(r) => r.map(|a| Applied {
-                    revision: if a.duplicate { a.revision } else { revision },
+                    revision: if a.positions.is_some() {
+                        a.revision
+                    } else {
+                        revision
+                    },
                     ..a
                 }),
                 Slot::Appended(n) => Ok(Applied {
@@ -501,18 +589,72 @@ impl Writer {
         }
     }
 
-    /// Re-reads the head and folds in whatever the log holds beyond the state.
+    /// Re-reads the log: the head and the state move together, or not at all.
     async fn resync(&mut self) -> Result<(), StoreError> {
-        self.head = LogHead::load(&self.pool).await?;
-        if self.head.position < self.state.revision {
-            // The log is shorter than what we applied: only a reset database can do that.
-            self.state = State::default();
-        }
-        store::log::catch_up(&self.pool, &mut self.state).await?;
+        let (state, head) = load_consistent(&self.pool, self.state.clone()).await?;
+        self.state = state;
+        self.head = head;
         self.published.send_replace(self.state.clone());
         Ok(())
     }
 }
+
+/// The state folded up to the log's head and that head, read so that they agree: the head is
+/// read after folding, and folding repeats while other writers move it (a bounded number of
+/// times). Starts from `state` when the log still holds it, else from scratch.
+async fn load_consistent(pool: &PgPool, state: State) -> Result<(State, LogHead), StoreError> {
+    let mut state = state;
+    for _ in 0..5 {
+        let head_position: i64 = sqlx::query_scalar("SELECT position FROM log_head")
+            .fetch_one(pool)
+            .await?;
+        if head_position < state.revision {
+            // The log is shorter than what we hold: only a reset database can do that.
+            state = State::default();
+        }
+        store::log::catch_up(pool, &mut state).await?;
+        let head = LogHead::load(pool).await?;
+        if head.position == state.revision {
+            return Ok((state, head));
+        }
+    }
+    Err(StoreError::Internal(
+        "the log kept moving while it was being read; is another writer running?".to_owned(),
+    ))
+}
+
+/// Refuses metadata PostgreSQL could not store or index: command ids are idempotency keys,
+/// bounded like names.
+fn check_meta(meta: &CommandMeta) -> Result<(), CommandError> {
+    let fields = [
+        ("command_id", Some(&meta.command_id)),
+        ("actor", Some(&meta.actor)),
+        ("correlation_id", meta.correlation_id.as_ref()),
+        ("causation_id", meta.causation_id.as_ref()),
+    ];
+    for (name, value) in fields {
+        let Some(value) = value else { continue };
+        if (name == "command_id" || name == "actor") && value.is_empty() {
+            return Err(CommandError::Invalid(format!(
+                "{name}: value must not be empty."
+            )));
+        }
+        if value.len() > MAX_META_LEN {
+            return Err(CommandError::Invalid(format!(
+                "{name}: at most {MAX_META_LEN} bytes allowed."
+            )));
+        }
+        if value.contains('\0') {
+            return Err(CommandError::Invalid(format!(
+                "{name}: must not contain NUL bytes."
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Longest command id, actor, correlation or causation id.
+pub const MAX_META_LEN: usize = 255;
 
 fn fail_all(n: usize, e: &StoreError) -> Vec<Result<Applied, CommandError>> {
     let err = match e {
@@ -520,10 +662,29 @@ fn fail_all(n: usize, e: &StoreError) -> Vec<Result<Applied, CommandError>> {
             expected: *expected,
             actual: *actual,
         },
-        StoreError::Database(_) => CommandError::Unavailable(format!("database: {e}")),
+        StoreError::Database(db) if is_transient(db) => {
+            CommandError::Unavailable(format!("database: {e}"))
+        }
         _ => CommandError::Internal(e.to_string()),
     };
     vec![Err(err); n]
+}
+
+/// Errors worth retrying: the connection, the pool, or the server's state, not the data.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| c.starts_with(class))
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
 }
 
 /// PostgreSQL can store neither NUL in text nor `\u0000` in jsonb: reject such input here, as

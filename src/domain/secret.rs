@@ -10,9 +10,18 @@ use std::fmt;
 pub const SEALED_PREFIX: &str = "enc:v1:";
 
 /// Ciphertext of a secret: `enc:v1:<base64(nonce || ciphertext || tag)>`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Sealed(String);
+
+/// Decoding checks the prefix too: plain text can never pass for a sealed value.
+impl<'de> Deserialize<'de> for Sealed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Sealed::from_sealed(s)
+            .ok_or_else(|| serde::de::Error::custom("a secret must be sealed with the cluster key"))
+    }
+}
 
 impl Sealed {
     /// Wraps an already sealed string; `None` if it does not carry the sealed prefix.

@@ -1,15 +1,15 @@
 //! The `events` table: append a batch atomically, read forward with filters, verify the chain.
 
 use super::{StoreError, query_tables};
-use crate::commands::CommandMeta;
+use crate::commands::{CommandMeta, Rejection};
 use crate::domain::{State, Timestamp};
+use crate::events::Event;
 use crate::events::chain::{self, GENESIS, Hashed};
 use crate::events::codec;
 use crate::events::redact::redact;
-use crate::events::{Event, StreamKey};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 /// The head of the log as the single writer knows it: position, hash and each stream's
 /// last version (a persistent map: the writer clones the head for every batch, in O(1)).
@@ -61,10 +61,22 @@ pub struct Batch {
     /// The node that decided the batch (stored in each event's metadata).
     pub decided_by: String,
     pub items: Vec<AppendItem>,
+    /// Commands decided without events, recorded so a repeat of their id gets the same answer:
+    /// `None` for a command that changed nothing, else its rejection.
+    pub unappended: Vec<(String, Option<Rejection>)>,
 }
 
 /// Positions written for one item: `first..=last`.
 pub type Positions = (i64, i64);
+
+/// The recorded result of a command id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    Appended(Positions),
+    /// Applied, and changed nothing.
+    Unchanged,
+    Rejected(Rejection),
+}
 
 /// Appends `batch` and updates the query tables from `after` (the state with the batch folded
 /// in), all in one transaction. On success `head` is advanced; on any error nothing was
@@ -136,25 +148,17 @@ pub async fn append(
         }
         positions.push((first, position));
     }
-    let (ids, firsts, lasts): (Vec<String>, Vec<i64>, Vec<i64>) = batch
-        .items
-        .iter()
-        .zip(&positions)
-        .filter(|(_, (f, l))| l >= f)
-        .map(|(i, (f, l))| (i.meta.command_id.clone(), *f, *l))
-        .fold(
-            (vec![], vec![], vec![]),
-            |(mut a, mut b, mut c), (x, y, z)| {
-                a.push(x);
-                b.push(y);
-                c.push(z);
-                (a, b, c)
-            },
-        );
+    let mut results = ResultColumns::default();
+    for (item, (first, last)) in batch.items.iter().zip(&positions) {
+        results.push(&item.meta.command_id, Some((*first, *last)), None);
+    }
+    for (id, rejection) in &batch.unappended {
+        results.push(id, None, rejection.as_ref());
+    }
     let rows = query_tables::row_changes(after, &touched);
-    let found: i64 = sqlx::query_scalar(
+    let found: Option<i64> = sqlx::query_scalar(
         "SELECT append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-         $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+         $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
     )
     .bind(batch.base_position)
     .bind(position)
@@ -170,9 +174,10 @@ pub async fn append(
     .bind(batch.recorded_at)
     .bind(cols.prev_hash)
     .bind(cols.hash)
-    .bind(ids)
-    .bind(firsts)
-    .bind(lasts)
+    .bind(results.ids)
+    .bind(results.firsts)
+    .bind(results.lasts)
+    .bind(results.rejections)
     .bind(rows.node_ids)
     .bind(rows.node_rows)
     .bind(rows.service_ids)
@@ -182,16 +187,43 @@ pub async fn append(
     .bind(rows.settings)
     .fetch_one(pool)
     .await?;
-    if found != batch.base_position {
-        return Err(StoreError::Conflict {
-            expected: batch.base_position,
-            actual: found,
-        });
+    match found {
+        Some(actual) if actual == batch.base_position => {}
+        Some(actual) => {
+            return Err(StoreError::Conflict {
+                expected: batch.base_position,
+                actual,
+            });
+        }
+        None => {
+            return Err(StoreError::Internal(
+                "the log_head row is missing".to_owned(),
+            ));
+        }
     }
     head.position = position;
     head.hash = prev;
     head.stream_versions.extend(versions);
     Ok(positions)
+}
+
+/// Column arrays for the command results of one batch.
+#[derive(Default)]
+struct ResultColumns {
+    ids: Vec<String>,
+    firsts: Vec<Option<i64>>,
+    lasts: Vec<Option<i64>>,
+    rejections: Vec<Option<String>>,
+}
+
+impl ResultColumns {
+    fn push(&mut self, id: &str, positions: Option<Positions>, rejection: Option<&Rejection>) {
+        self.ids.push(id.to_owned());
+        self.firsts.push(positions.map(|p| p.0));
+        self.lasts.push(positions.map(|p| p.1));
+        self.rejections
+            .push(rejection.map(|r| serde_json::to_string(r).unwrap_or_default()));
+    }
 }
 
 fn metadata(meta: &CommandMeta, decided_by: &str) -> Value {
@@ -262,16 +294,17 @@ impl Columns {
     }
 }
 
-/// Positions already recorded for these command ids.
+/// Results already recorded for these command ids.
 pub async fn find_command_results(
     pool: &PgPool,
     ids: &[String],
-) -> Result<HashMap<String, (i64, i64)>, StoreError> {
+) -> Result<HashMap<String, Recorded>, StoreError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = sqlx::query_as::<_, (String, i64, i64)>(
-        "SELECT command_id, first_position, last_position FROM command_results WHERE command_id = ANY($1)",
+    let rows = sqlx::query_as::<_, (String, Option<i64>, Option<i64>, Option<Value>)>(
+        "SELECT command_id, first_position, last_position, rejection FROM command_results \
+         WHERE command_id = ANY($1)",
     )
     // Planned for each call: a generic plan cached while the table was small keeps scanning
     // it whole as it grows (seen in the benchmark: throughput fell with the log's length).
@@ -279,7 +312,20 @@ pub async fn find_command_results(
     .bind(ids)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|(id, f, l)| (id, (f, l))).collect())
+    rows.into_iter()
+        .map(|(id, first, last, rejection)| {
+            let recorded = match (first, last, rejection) {
+                (Some(f), Some(l), _) => Recorded::Appended((f, l)),
+                (_, _, Some(r)) => {
+                    Recorded::Rejected(serde_json::from_value(r).map_err(|e| {
+                        StoreError::Internal(format!("stored rejection of {id}: {e}"))
+                    })?)
+                }
+                _ => Recorded::Unchanged,
+            };
+            Ok((id, recorded))
+        })
+        .collect()
 }
 
 /// Whether a read path may see secrets.
@@ -428,6 +474,12 @@ impl VerifyReport {
 /// Walks the whole chain: dense positions, each `prev_hash` the previous `hash`, each hash
 /// recomputed from the stored fields, stream versions dense, and the head row matching.
 pub async fn verify(pool: &PgPool) -> Result<VerifyReport, StoreError> {
+    // The head first: events appended while the walk runs are past it and not judged.
+    let row = sqlx::query("SELECT position, hash FROM log_head")
+        .fetch_one(pool)
+        .await?;
+    let (head_position, head_hash): (i64, Vec<u8>) =
+        (row.try_get("position")?, row.try_get("hash")?);
     let mut prev = GENESIS;
     let mut expected = 1i64;
     let mut stream_versions: HashMap<String, i64> = HashMap::new();
@@ -436,7 +488,7 @@ pub async fn verify(pool: &PgPool) -> Result<VerifyReport, StoreError> {
         head_hash: hex::encode(GENESIS),
         first_error: None,
     };
-    loop {
+    'walk: loop {
         let page = read(
             pool,
             &ReadFilter {
@@ -451,6 +503,9 @@ pub async fn verify(pool: &PgPool) -> Result<VerifyReport, StoreError> {
             break;
         }
         for e in &page {
+            if e.position > head_position {
+                break 'walk;
+            }
             let fail = |why: String| Some((e.position, why));
             let last = stream_versions.entry(e.stream_id.clone()).or_insert(0);
             let recomputed = chain::hash(
@@ -491,23 +546,14 @@ pub async fn verify(pool: &PgPool) -> Result<VerifyReport, StoreError> {
             report.head_hash = hex::encode(prev);
         }
     }
-    let row = sqlx::query("SELECT position, hash FROM log_head")
-        .fetch_one(pool)
-        .await?;
-    let (pos, hash): (i64, Vec<u8>) = (row.try_get("position")?, row.try_get("hash")?);
-    if pos != expected - 1 || hash != prev {
+    if head_position != expected - 1 || head_hash != prev {
         report.first_error = Some((
-            pos,
+            head_position,
             format!(
-                "log head says position {pos}, the chain ends at {}",
+                "log head says position {head_position} with its hash, the chain ends at {}",
                 expected - 1
             ),
         ));
     }
     Ok(report)
-}
-
-/// Streams touched by a list of events (for callers that need to know what a batch changed).
-pub fn streams_of(events: &[Event]) -> BTreeSet<StreamKey> {
-    events.iter().map(Event::stream).collect()
 }

@@ -7,7 +7,9 @@
 pub mod log;
 pub mod query_tables;
 
-pub use log::{AppendItem, Batch, LogHead, ReadFilter, Secrets, StoredEvent, VerifyReport};
+pub use log::{
+    AppendItem, Batch, LogHead, ReadFilter, Recorded, Secrets, StoredEvent, VerifyReport,
+};
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -194,9 +194,12 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, StoreError> {
     } else {
         events
     };
-    sqlx::query("TRUNCATE nodes, services, agents")
-        .execute(&mut *tx)
-        .await?;
+    // DELETE, not TRUNCATE: TRUNCATE would lock readers out for the whole rebuild.
+    for table in ["nodes", "services", "agents"] {
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&mut *tx)
+            .await?;
+    }
     let nodes: Vec<Value> = state.nodes.values().map(|n| node_row(n)).collect();
     let services: Vec<Value> = state.services.values().map(|s| service_row(s)).collect();
     let agents: Vec<Value> = state.agents.values().map(|a| agent_row(a)).collect();
