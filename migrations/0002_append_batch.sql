@@ -79,7 +79,10 @@ BEGIN
         UPDATE settings SET settings = settings_doc;
     END IF;
 
-    UPDATE log_head SET position = new_position, hash = new_hash;
+    -- A batch without events (only rejections and no-ops) leaves the head as it is.
+    IF new_position <> base THEN
+        UPDATE log_head SET position = new_position, hash = new_hash;
+    END IF;
     RETURN actual;
 END
 $$;

@@ -366,7 +366,7 @@ async fn concurrent_adds_of_one_name_let_exactly_one_succeed() {
     assert_eq!(count_events(&pool).await, before + 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_command_id_sent_concurrently_appends_once() {
     let db = TestDb::new().await;
     let (pool, d) = db.dispatcher().await;
@@ -446,6 +446,8 @@ async fn rejections_and_no_ops_are_recorded_under_their_command_id() {
         "the repeat did not turn telemetry back on"
     );
     assert_eq!(d.state().settings.telemetry_enabled, Some(false));
+    // Batches that only recorded results left the head and its hash intact.
+    assert!(store::log::verify(&pool).await.expect("verify").is_ok());
 }
 
 #[tokio::test]
@@ -473,4 +475,74 @@ async fn bad_metadata_is_refused_alone() {
         );
     }
     assert_eq!(count_events(&pool).await, before + 2);
+}
+
+#[tokio::test]
+async fn a_batch_that_does_not_chain_on_the_stored_head_is_refused() {
+    let db = TestDb::new().await;
+    let (pool, d) = db.dispatcher().await;
+    let state = d.state();
+    let before = count_events(&pool).await;
+    let mut head = LogHead::load(&pool).await.expect("head");
+    head.hash = [7; 32];
+    let batch = Batch {
+        base_position: head.position,
+        recorded_at: chrono::Utc::now(),
+        decided_by: "test".to_owned(),
+        items: vec![AppendItem {
+            meta: CommandMeta::new("test"),
+            events: pmmcp::commands::decide(
+                &state,
+                &add_node("forked"),
+                &pmmcp::commands::Ctx::fixed(chrono::Utc::now(), 1),
+            )
+            .expect("decides"),
+        }],
+        unappended: vec![],
+    };
+    let err = store::log::append(&pool, &mut head, &batch, &state)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("does not chain"), "{err}");
+    assert_eq!(count_events(&pool).await, before);
+    assert!(store::log::verify(&pool).await.expect("verify").is_ok());
+}
+
+#[tokio::test]
+async fn a_command_the_database_refuses_fails_alone() {
+    let db = TestDb::new().await;
+    let (pool, d) = db.dispatcher().await;
+    // Something only the database knows is wrong with one command (here a trigger; in life a
+    // constraint the domain rules missed).
+    for sql in [
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.node_name = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON nodes FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.expect("trigger");
+    }
+    let before = count_events(&pool).await;
+    let names = ["good-a", "poison", "good-b", "good-c"];
+    let tasks: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let (d, n) = (d.clone(), n.to_string());
+            tokio::spawn(async move { d.dispatch(add_node(&n), CommandMeta::new("test")).await })
+        })
+        .collect();
+    for (name, t) in names.iter().zip(tasks) {
+        let r = t.await.expect("task");
+        if *name == "poison" {
+            let e = r.expect_err("the poisoned command fails");
+            assert!(
+                matches!(e, pmmcp::commands::CommandError::Internal(_)),
+                "{e:?}"
+            );
+            assert!(!e.is_retryable());
+        } else {
+            r.expect("its neighbours apply");
+        }
+    }
+    assert_eq!(count_events(&pool).await, before + 3);
+    assert!(store::log::verify(&pool).await.expect("verify").is_ok());
 }

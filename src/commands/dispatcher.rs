@@ -398,6 +398,18 @@ impl Writer {
                 return;
             }
         };
+        // Results recorded beyond our head: a batch committed although its append reported a
+        // failure (and the resync after it failed too). Catch up before answering from it.
+        let ahead = known
+            .values()
+            .any(|r| matches!(r, Recorded::Appended((_, last)) if *last > self.head.position));
+        if ahead
+            && in_flight.is_none()
+            && next.is_none()
+            && let Err(e) = self.resync().await
+        {
+            warn!(error = %e, "could not re-read the log");
+        }
         let decided = next.get_or_insert_with(|| match in_flight {
             Some(f) => Decided::new(f.decided.after.clone(), f.decided.end),
             None => Decided::new(self.state.clone(), self.head.position),
@@ -512,10 +524,8 @@ impl Writer {
     }
 
     /// Settles a batch whose append finished. On success the state and head move on and its
-    /// callers get their results. Otherwise the log is re-read and its jobs are returned to be
-    /// sent again, a bounded number of times: a stale base is decided again; after any other
-    /// failure each job goes alone (so a bad one fails alone), and a job whose batch did commit
-    /// before the failure was reported finds its results recorded.
+    /// callers get their results. Otherwise the log is re-read, and the jobs to send again are
+    /// returned (see the rules inside).
     async fn land(&mut self, decided: Decided, landed: Landed) -> Result<(), Vec<Job>> {
         let (result, head) = landed;
         match result {
@@ -530,16 +540,29 @@ impl Writer {
             }
             Err(e) => {
                 let conflict = matches!(e, StoreError::Conflict { .. });
-                warn!(error = %e, conflict, "batch not appended; re-reading the log");
+                let transient = match &e {
+                    StoreError::Database(db) => is_transient(db),
+                    _ => false,
+                };
+                warn!(error = %e, conflict, transient, "batch not appended; re-reading the log");
                 if let Err(e2) = self.resync().await {
                     warn!(error = %e2, "could not re-read the log after a failed append");
                 }
                 let shared = decided.jobs.len() > 1;
                 let mut retry = Vec::new();
                 for mut job in decided.jobs {
-                    if job.attempts < self.config.conflict_retries {
+                    // A stale base is decided again. A failure of the data (not the
+                    // connection) is retried with each job alone, once; a job that failed alone
+                    // fails. The database being unreachable fails at once: callers retry with
+                    // the same command id and get the recorded result if it did commit.
+                    let again = if conflict {
+                        job.attempts < self.config.conflict_retries
+                    } else {
+                        !transient && shared && !job.isolate
+                    };
+                    if again {
                         job.attempts += 1;
-                        job.isolate = !conflict && shared;
+                        job.isolate |= !conflict;
                         retry.push(job);
                     } else {
                         let _ = job.reply.send(fail_all(job.items.len(), &e));

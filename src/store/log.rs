@@ -504,6 +504,17 @@ pub async fn verify(pool: &PgPool) -> Result<VerifyReport, StoreError> {
         }
         for e in &page {
             if e.position > head_position {
+                // Appended while we walked, or written past the head by something else.
+                let now: i64 = sqlx::query_scalar("SELECT position FROM log_head")
+                    .fetch_one(pool)
+                    .await?;
+                if now < e.position {
+                    report.first_error = Some((
+                        e.position,
+                        format!("event beyond the log head (position {now})"),
+                    ));
+                    return Ok(report);
+                }
                 break 'walk;
             }
             let fail = |why: String| Some((e.position, why));
