@@ -12,6 +12,7 @@ use crate::store;
 use anyhow::Context as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -149,20 +150,11 @@ async fn baseline(url: &str, callers: usize, total: usize) -> anyhow::Result<Fig
     .await?;
     let payload = Arc::new(sample_payload().to_string());
     let metadata = Arc::new(serde_json::json!({"actor": "bench", "command_id": uuid::Uuid::new_v4(), "decided_by": "pmm-cp-1"}).to_string());
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..callers {
-        let (pool, payload, metadata, next) = (
-            pool.clone(),
-            payload.clone(),
-            metadata.clone(),
-            next.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let t = Instant::now();
+    let op = {
+        let pool = pool.clone();
+        move |_| {
+            let (pool, payload, metadata) = (pool.clone(), payload.clone(), metadata.clone());
+            async move {
                 sqlx::query(
                     "INSERT INTO raw_rows (stream_id, event_id, event_type, payload, metadata, recorded_at, hash) \
                      VALUES ($1, $2, 'NodeAdded', $3::jsonb, $4::jsonb, now(), $5)",
@@ -174,29 +166,27 @@ async fn baseline(url: &str, callers: usize, total: usize) -> anyhow::Result<Fig
                 .bind([7u8; 32].as_slice())
                 .execute(&pool)
                 .await?;
-                lat.push(t.elapsed());
+                anyhow::Ok(())
             }
-            anyhow::Ok(lat)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(total);
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    let elapsed = started.elapsed();
+        }
+    };
+    let fig = drive(callers, total, op).await?;
     pool.close().await;
-    Ok(figure(total, elapsed, latencies))
+    Ok(fig)
 }
 
-async fn dispatch_run(url: &str, callers: usize, total: usize) -> anyhow::Result<Figure> {
-    let pool = store::connect(url, 4).await?;
-    let (dispatcher, writer) = Dispatcher::start(pool.clone(), DispatcherConfig::default()).await?;
-    let offset = dispatcher.state().nodes.len() * 1000 + 1_000_000;
+/// Runs `total` operations from `callers` concurrent tasks (each takes the next index until
+/// none is left) and measures throughput and per-operation latency.
+async fn drive<F, Fut>(callers: usize, total: usize, op: F) -> anyhow::Result<Figure>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..callers {
-        let (dispatcher, next) = (dispatcher.clone(), next.clone());
+        let (op, next) = (op.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -205,9 +195,7 @@ async fn dispatch_run(url: &str, callers: usize, total: usize) -> anyhow::Result
                     break;
                 }
                 let t = Instant::now();
-                dispatcher
-                    .dispatch(add_node(offset + i), CommandMeta::new("bench"))
-                    .await?;
+                op(i).await?;
                 lat.push(t.elapsed());
             }
             anyhow::Ok(lat)
@@ -217,11 +205,30 @@ async fn dispatch_run(url: &str, callers: usize, total: usize) -> anyhow::Result
     for t in tasks {
         latencies.extend(t.await??);
     }
-    let elapsed = started.elapsed();
+    Ok(figure(total, started.elapsed(), latencies))
+}
+
+async fn dispatch_run(url: &str, callers: usize, total: usize) -> anyhow::Result<Figure> {
+    let pool = store::connect(url, 4).await?;
+    let (dispatcher, writer) = Dispatcher::start(pool.clone(), DispatcherConfig::default()).await?;
+    let offset = dispatcher.state().nodes.len() * 1000 + 1_000_000;
+    let op = {
+        let dispatcher = dispatcher.clone();
+        move |i| {
+            let dispatcher = dispatcher.clone();
+            async move {
+                dispatcher
+                    .dispatch(add_node(offset + i), CommandMeta::new("bench"))
+                    .await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    let fig = drive(callers, total, op).await?;
     drop(dispatcher);
     writer.await?;
     pool.close().await;
-    Ok(figure(total, elapsed, latencies))
+    Ok(fig)
 }
 
 /// Fills a log with `events` single-event commands, in batches (fast set-up).

@@ -67,21 +67,7 @@ async fn stale_base_appends_nothing() {
     // check refuses it.
     let mut head = LogHead::load(&pool).await.expect("head");
     head.position -= 1;
-    let stale = Batch {
-        base_position: head.position,
-        recorded_at: chrono::Utc::now(),
-        decided_by: "test".to_owned(),
-        items: vec![AppendItem {
-            meta: CommandMeta::new("test"),
-            events: pmmcp::commands::decide(
-                &state,
-                &add_node("late"),
-                &pmmcp::commands::Ctx::fixed(chrono::Utc::now(), 1),
-            )
-            .expect("decides"),
-        }],
-        unappended: vec![],
-    };
+    let stale = one_node_batch(&state, head.position, "late");
     let err = store::log::append(&pool, &mut head, &stale, &state)
         .await
         .expect_err("stale base");
@@ -485,21 +471,7 @@ async fn a_batch_that_does_not_chain_on_the_stored_head_is_refused() {
     let before = count_events(&pool).await;
     let mut head = LogHead::load(&pool).await.expect("head");
     head.hash = [7; 32];
-    let batch = Batch {
-        base_position: head.position,
-        recorded_at: chrono::Utc::now(),
-        decided_by: "test".to_owned(),
-        items: vec![AppendItem {
-            meta: CommandMeta::new("test"),
-            events: pmmcp::commands::decide(
-                &state,
-                &add_node("forked"),
-                &pmmcp::commands::Ctx::fixed(chrono::Utc::now(), 1),
-            )
-            .expect("decides"),
-        }],
-        unappended: vec![],
-    };
+    let batch = one_node_batch(&state, head.position, "forked");
     let err = store::log::append(&pool, &mut head, &batch, &state)
         .await
         .expect_err("refused");
@@ -545,4 +517,19 @@ async fn a_command_the_database_refuses_fails_alone() {
     }
     assert_eq!(count_events(&pool).await, before + 3);
     assert!(store::log::verify(&pool).await.expect("verify").is_ok());
+}
+
+/// A batch adding one node, decided on `state`, claiming `base` as its base position.
+fn one_node_batch(state: &pmmcp::domain::State, base: i64, name: &str) -> Batch {
+    let ctx = pmmcp::commands::Ctx::fixed(chrono::Utc::now(), 1);
+    Batch {
+        base_position: base,
+        recorded_at: chrono::Utc::now(),
+        decided_by: "test".to_owned(),
+        items: vec![AppendItem {
+            meta: CommandMeta::new("test"),
+            events: pmmcp::commands::decide(state, &add_node(name), &ctx).expect("decides"),
+        }],
+        unappended: vec![],
+    }
 }

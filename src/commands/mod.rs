@@ -170,9 +170,6 @@ impl<'a> Decision<'a> {
         bytes.copy_from_slice(&digest[..16]);
         uuid::Builder::from_random_bytes(bytes).into_uuid()
     }
-    pub fn into_events(self) -> Vec<Event> {
-        self.events
-    }
 }
 
 /// Decides one command against `state`: the events it causes, or why it is rejected.
