@@ -35,9 +35,6 @@ CREATE FUNCTION append_batch(
     settings_doc   JSONB
 ) RETURNS BIGINT
 LANGUAGE plpgsql
--- A cached generic plan does not know how many ids a batch touches and may scan whole tables;
--- plan each call for its own arrays.
-SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     actual      BIGINT;
@@ -62,17 +59,19 @@ BEGIN
     SELECT id, f, l, r::jsonb FROM UNNEST(c_command_id, c_first, c_last, c_rejection) AS u(id, f, l, r);
 
     -- Touched rows are deleted, then those that still exist are inserted again (in this order, so
-    -- a name freed and taken in the same batch does not collide).
+    -- a name freed and taken in the same batch does not collide). The deletes are planned per
+    -- call (EXECUTE): a cached generic plan, made while a table was small, would go on scanning
+    -- it whole as it grows.
     IF cardinality(node_ids) > 0 THEN
-        DELETE FROM nodes WHERE node_id = ANY (node_ids);
+        EXECUTE 'DELETE FROM nodes WHERE node_id = ANY ($1)' USING node_ids;
         INSERT INTO nodes SELECT * FROM jsonb_populate_recordset(NULL::nodes, node_rows);
     END IF;
     IF cardinality(service_ids) > 0 THEN
-        DELETE FROM services WHERE service_id = ANY (service_ids);
+        EXECUTE 'DELETE FROM services WHERE service_id = ANY ($1)' USING service_ids;
         INSERT INTO services SELECT * FROM jsonb_populate_recordset(NULL::services, service_rows);
     END IF;
     IF cardinality(agent_ids) > 0 THEN
-        DELETE FROM agents WHERE agent_id = ANY (agent_ids);
+        EXECUTE 'DELETE FROM agents WHERE agent_id = ANY ($1)' USING agent_ids;
         INSERT INTO agents SELECT * FROM jsonb_populate_recordset(NULL::agents, agent_rows);
     END IF;
     IF settings_doc IS NOT NULL THEN
