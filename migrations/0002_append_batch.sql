@@ -58,22 +58,22 @@ BEGIN
     INSERT INTO command_results (command_id, first_position, last_position, rejection)
     SELECT id, f, l, r::jsonb FROM UNNEST(c_command_id, c_first, c_last, c_rejection) AS u(id, f, l, r);
 
-    -- Touched rows are deleted, then those that still exist are inserted again (in this order, so
+    -- Touched rows that may exist are deleted, then the touched entities that exist are inserted (in this order, so
     -- a name freed and taken in the same batch does not collide). The deletes are planned per
     -- call (EXECUTE): a cached generic plan, made while a table was small, would go on scanning
     -- it whole as it grows.
     IF cardinality(node_ids) > 0 THEN
         EXECUTE 'DELETE FROM nodes WHERE node_id = ANY ($1)' USING node_ids;
-        INSERT INTO nodes SELECT * FROM jsonb_populate_recordset(NULL::nodes, node_rows);
     END IF;
+    INSERT INTO nodes SELECT * FROM jsonb_populate_recordset(NULL::nodes, node_rows);
     IF cardinality(service_ids) > 0 THEN
         EXECUTE 'DELETE FROM services WHERE service_id = ANY ($1)' USING service_ids;
-        INSERT INTO services SELECT * FROM jsonb_populate_recordset(NULL::services, service_rows);
     END IF;
+    INSERT INTO services SELECT * FROM jsonb_populate_recordset(NULL::services, service_rows);
     IF cardinality(agent_ids) > 0 THEN
         EXECUTE 'DELETE FROM agents WHERE agent_id = ANY ($1)' USING agent_ids;
-        INSERT INTO agents SELECT * FROM jsonb_populate_recordset(NULL::agents, agent_rows);
     END IF;
+    INSERT INTO agents SELECT * FROM jsonb_populate_recordset(NULL::agents, agent_rows);
     IF settings_doc IS NOT NULL THEN
         UPDATE settings SET settings = settings_doc;
     END IF;

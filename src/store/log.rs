@@ -107,7 +107,6 @@ pub async fn append(
         for event in &item.events {
             position += 1;
             let key = event.stream();
-            touched.add(&key);
             let stream_id = key.stream_id();
             let version = versions
                 .get(&stream_id)
@@ -116,6 +115,7 @@ pub async fn append(
                 .unwrap_or(0)
                 + 1;
             versions.insert(stream_id.clone(), version);
+            touched.add(&key, version);
             let (event_type, schema_version, payload) = codec::encode(event)?;
             let event_id = uuid::Uuid::new_v4();
             let hash = chain::hash(

@@ -11,28 +11,31 @@ use crate::events::redact::redact;
 use serde_json::{Value, json};
 // Table and column names below are compile-time constants of this module, never input.
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
-/// Entities a batch touched.
+/// Entities a batch touched, each with whether it may already have a row (an entity whose
+/// stream starts in this batch has none, so there is nothing to delete first).
 #[derive(Debug, Default)]
 pub struct Touched {
-    nodes: BTreeSet<NodeId>,
-    services: BTreeSet<ServiceId>,
-    agents: BTreeSet<AgentId>,
+    nodes: BTreeMap<NodeId, bool>,
+    services: BTreeMap<ServiceId, bool>,
+    agents: BTreeMap<AgentId, bool>,
     settings: bool,
 }
 
 impl Touched {
-    pub fn add(&mut self, key: &StreamKey) {
+    /// Records an event of `key`'s stream; `version` is its stream version.
+    pub fn add(&mut self, key: &StreamKey, version: i64) {
+        let existed = version > 1;
         match key {
             StreamKey::Node(id) => {
-                self.nodes.insert(id.clone());
+                self.nodes.entry(id.clone()).or_insert(existed);
             }
             StreamKey::Service(id) => {
-                self.services.insert(id.clone());
+                self.services.entry(id.clone()).or_insert(existed);
             }
             StreamKey::Agent(id) => {
-                self.agents.insert(id.clone());
+                self.agents.entry(id.clone()).or_insert(existed);
             }
             StreamKey::Settings => self.settings = true,
         }
@@ -99,9 +102,9 @@ async fn replace_rows(
     Ok(())
 }
 
-/// The query-table rows a batch rewrites: for each table the touched ids (their rows are
-/// deleted) and the rows of those that still exist (inserted again); the settings document
-/// when the settings changed.
+/// The query-table rows a batch rewrites: for each table the touched ids that may have a row
+/// (deleted) and the rows of all touched entities that exist after the batch (inserted); the
+/// settings document when the settings changed.
 #[derive(Debug, Default)]
 pub struct RowChanges {
     pub node_ids: Vec<String>,
@@ -116,13 +119,17 @@ pub struct RowChanges {
 /// The rows of the touched entities as they are in `state`.
 pub fn row_changes(state: &State, touched: &Touched) -> RowChanges {
     fn table<K: Ord, T>(
-        ids: &BTreeSet<K>,
+        ids: &BTreeMap<K, bool>,
         get: impl Fn(&K) -> Option<T>,
         row: impl Fn(T) -> Value,
         id: impl Fn(&K) -> String,
     ) -> (Vec<String>, Value) {
-        let rows = ids.iter().filter_map(&get).map(row).collect();
-        (ids.iter().map(id).collect(), Value::Array(rows))
+        let rows = ids.keys().filter_map(&get).map(row).collect();
+        let existing = ids
+            .iter()
+            .filter(|(_, existed)| **existed)
+            .map(|(k, _)| id(k));
+        (existing.collect(), Value::Array(rows))
     }
     let (node_ids, node_rows) = table(
         &touched.nodes,
