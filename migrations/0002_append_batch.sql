@@ -6,7 +6,8 @@
 -- value (NULL: no head row) means the base was stale and nothing was written. A batch that does
 -- not chain on the stored head hash is refused with SQLSTATE PM001 (the writer's head is wrong).
 -- Command results cover every decided command: appended ones with positions, the others with
--- NULL positions and their rejection (NULL for a command that changed nothing).
+-- NULL positions and their rejection (NULL for a command that changed nothing). Under Raft,
+-- `applied` (and `membership`) record the log entry the batch came from (migration 0003).
 CREATE FUNCTION append_batch(
     base           BIGINT,
     new_position   BIGINT,
@@ -32,7 +33,9 @@ CREATE FUNCTION append_batch(
     service_rows   JSONB,
     agent_ids      TEXT[],
     agent_rows     JSONB,
-    settings_doc   JSONB
+    settings_doc   JSONB,
+    applied        JSONB,
+    membership     JSONB
 ) RETURNS BIGINT
 LANGUAGE plpgsql
 AS $$
@@ -76,6 +79,11 @@ BEGIN
     INSERT INTO agents SELECT * FROM jsonb_populate_recordset(NULL::agents, agent_rows);
     IF settings_doc IS NOT NULL THEN
         UPDATE settings SET settings = settings_doc;
+    END IF;
+
+    -- Under Raft: the entry this batch came from, and the membership, in the same transaction.
+    IF applied IS NOT NULL THEN
+        UPDATE raft_state SET last_applied = applied, membership = coalesce(append_batch.membership, raft_state.membership);
     END IF;
 
     -- A batch without events (only rejections and no-ops) leaves the head as it is.

@@ -20,4 +20,5 @@ pub mod crypto;
 pub mod domain;
 pub mod embedded_pg;
 pub mod events;
+pub mod raft;
 pub mod store;

@@ -7,6 +7,7 @@ use crate::events::Event;
 use crate::events::chain::{self, GENESIS, Hashed};
 use crate::events::codec;
 use crate::events::redact::redact;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 use std::collections::HashMap;
@@ -46,14 +47,15 @@ fn to_hash(v: Vec<u8>) -> [u8; 32] {
 }
 
 /// One command's events in a batch.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AppendItem {
     pub meta: CommandMeta,
     pub events: Vec<Event>,
 }
 
-/// A batch of decided commands, appended in one transaction.
-#[derive(Clone, Debug)]
+/// A batch of decided commands, appended in one transaction. Under Raft it is the payload of
+/// one log entry: decided once by the leader, applied on every node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     /// The position the decisions were based on; the append fails if the head moved.
     pub base_position: i64,
@@ -86,6 +88,25 @@ pub async fn append(
     head: &mut LogHead,
     batch: &Batch,
     after: &State,
+) -> Result<Vec<Positions>, StoreError> {
+    append_applying(pool, head, batch, after, None).await
+}
+
+/// What a Raft state machine records with a batch, in the same transaction: the log id of the
+/// entry it came from and, when it changed, the membership (both as openraft serializes them).
+#[derive(Clone, Debug)]
+pub struct RaftApplied {
+    pub log_id: Value,
+    pub membership: Option<Value>,
+}
+
+/// [`append`], also recording `raft` (when given) in the same transaction.
+pub async fn append_applying(
+    pool: &PgPool,
+    head: &mut LogHead,
+    batch: &Batch,
+    after: &State,
+    raft: Option<&RaftApplied>,
 ) -> Result<Vec<Positions>, StoreError> {
     if batch.base_position != head.position {
         return Err(StoreError::Conflict {
@@ -158,7 +179,7 @@ pub async fn append(
     let rows = query_tables::row_changes(after, &touched);
     let found: Option<i64> = sqlx::query_scalar(
         "SELECT append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-         $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
+         $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)",
     )
     .bind(batch.base_position)
     .bind(position)
@@ -185,6 +206,8 @@ pub async fn append(
     .bind(rows.agent_ids)
     .bind(rows.agent_rows)
     .bind(rows.settings)
+    .bind(raft.map(|r| r.log_id.clone()))
+    .bind(raft.and_then(|r| r.membership.clone()))
     .fetch_one(pool)
     .await?;
     match found {
