@@ -60,14 +60,33 @@ async fn applying_a_batch_appends_it_and_a_stale_one_is_refused_but_recorded() {
         base_position: 0,
         recorded_at: pmmcp::domain::ids::truncate_to_micros(chrono::Utc::now()),
         decided_by: "node-1".to_owned(),
-        items: vec![AppendItem {
-            meta: CommandMeta::with_id("boot", "system"),
+        items: vec![AppendItem::new(
+            CommandMeta::with_id("boot", "system"),
             events,
-        }],
+        )],
         unappended: vec![],
     };
     // Applied: appended, with the entry's log id recorded in the same transaction.
     let out = sm.apply([normal(1, batch.clone())]).await.expect("apply");
+    // Another node applying the same entry writes the same chain: event ids, times and hashes
+    // all come from the entry.
+    let replica = TestDb::new().await;
+    let replica_pool = replica.pool().await;
+    let mut replica_sm = PgStateMachine::open(replica_pool.clone())
+        .await
+        .expect("open");
+    replica_sm
+        .apply([normal(1, batch.clone())])
+        .await
+        .expect("apply");
+    assert_eq!(
+        pmmcp::store::LogHead::load(&replica_pool)
+            .await
+            .expect("head")
+            .hash,
+        pmmcp::store::LogHead::load(&pool).await.expect("head").hash,
+        "replicas hold the same history"
+    );
     assert_eq!(out, vec![Outcome::Appended(vec![(1, n)])]);
     // The same batch again (a deposed leader's late proposal): its base is stale; nothing is
     // written, and the entry still counts as applied.

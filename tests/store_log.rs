@@ -526,10 +526,10 @@ fn one_node_batch(state: &pmmcp::domain::State, base: i64, name: &str) -> Batch 
         base_position: base,
         recorded_at: chrono::Utc::now(),
         decided_by: "test".to_owned(),
-        items: vec![AppendItem {
-            meta: CommandMeta::new("test"),
-            events: pmmcp::commands::decide(state, &add_node(name), &ctx).expect("decides"),
-        }],
+        items: vec![AppendItem::new(
+            CommandMeta::new("test"),
+            pmmcp::commands::decide(state, &add_node(name), &ctx).expect("decides"),
+        )],
         unappended: vec![],
     }
 }

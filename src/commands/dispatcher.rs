@@ -474,10 +474,7 @@ impl Writer {
                     decided.after = after;
                     decided.end += events.len() as i64;
                     decided.slots.push(Slot::Appended(decided.append.len()));
-                    decided.append.push(AppendItem {
-                        meta: meta.clone(),
-                        events,
-                    });
+                    decided.append.push(AppendItem::new(meta.clone(), events));
                 }
                 Ok(Err(rejection)) => {
                     debug!(command = cmd.name(), command_id = id, class = ?rejection.class, "command rejected");

@@ -46,11 +46,26 @@ fn to_hash(v: Vec<u8>) -> [u8; 32] {
     v.try_into().unwrap_or([0xff; 32])
 }
 
-/// One command's events in a batch.
+/// One command's events in a batch, with the event ids the decider chose for them (so every
+/// node that applies the batch stores, and hashes, the same ids).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AppendItem {
     pub meta: CommandMeta,
     pub events: Vec<Event>,
+    /// One per event, in order.
+    pub event_ids: Vec<uuid::Uuid>,
+}
+
+impl AppendItem {
+    /// The item for `events`, each given a fresh event id.
+    pub fn new(meta: CommandMeta, events: Vec<Event>) -> Self {
+        let event_ids = events.iter().map(|_| uuid::Uuid::new_v4()).collect();
+        Self {
+            meta,
+            events,
+            event_ids,
+        }
+    }
 }
 
 /// A batch of decided commands, appended in one transaction. Under Raft it is the payload of
@@ -123,9 +138,17 @@ pub async fn append_applying(
     let mut position = batch.base_position;
     let recorded_at_micros = batch.recorded_at.timestamp_micros();
     for item in &batch.items {
+        if item.event_ids.len() != item.events.len() {
+            return Err(StoreError::Internal(format!(
+                "command {} has {} events and {} event ids",
+                item.meta.command_id,
+                item.events.len(),
+                item.event_ids.len()
+            )));
+        }
         let metadata = metadata(&item.meta, &batch.decided_by);
         let first = position + 1;
-        for event in &item.events {
+        for (event, &event_id) in item.events.iter().zip(&item.event_ids) {
             position += 1;
             let key = event.stream();
             let stream_id = key.stream_id();
@@ -138,7 +161,6 @@ pub async fn append_applying(
             versions.insert(stream_id.clone(), version);
             touched.add(&key, version);
             let (event_type, schema_version, payload) = codec::encode(event)?;
-            let event_id = uuid::Uuid::new_v4();
             let hash = chain::hash(
                 &prev,
                 &Hashed {
