@@ -151,3 +151,63 @@ async fn applying_a_batch_appends_it_and_a_stale_one_is_refused_but_recorded() {
             .expect("rows")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_one_commits_applies_and_resumes_after_a_restart() {
+    use pmmcp::commands::{Command, CommandMeta, Ctx, decide};
+    use pmmcp::domain::State;
+    use pmmcp::raft::Outcome;
+    use pmmcp::raft::node::start_single;
+    use pmmcp::store::{AppendItem, Batch};
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let node = start_single(pool.clone(), 1, Duration::from_secs(30))
+        .await
+        .expect("leads");
+    let events = decide(
+        &State::default(),
+        &Command::BootstrapServer(Default::default()),
+        &Ctx::fixed(chrono::Utc::now(), 3),
+    )
+    .expect("decides");
+    let n = events.len() as i64;
+    let batch = |base: i64, events| Batch {
+        base_position: base,
+        recorded_at: pmmcp::domain::ids::truncate_to_micros(chrono::Utc::now()),
+        decided_by: "node-1".to_owned(),
+        items: vec![AppendItem::new(CommandMeta::new("test"), events)],
+        unappended: vec![],
+    };
+    let written = node
+        .raft
+        .client_write(batch(0, events.clone()))
+        .await
+        .expect("committed");
+    assert_eq!(written.data, Outcome::Appended(vec![(1, n)]));
+    assert_eq!(node.applied.borrow().revision, n);
+    // A batch on a stale base is refused as a result, not an error.
+    let stale = node
+        .raft
+        .client_write(batch(0, events))
+        .await
+        .expect("committed");
+    assert_eq!(stale.data, Outcome::Stale { base: 0, head: n });
+    node.raft.shutdown().await.expect("shutdown");
+    drop(node);
+
+    // Restarted: the same cluster, the same state, nothing applied twice.
+    let node = start_single(pool.clone(), 1, Duration::from_secs(30))
+        .await
+        .expect("leads again");
+    assert_eq!(node.applied.borrow().revision, n);
+    assert_eq!(count_events(&pool).await, n);
+    assert!(
+        pmmcp::store::log::verify(&pool)
+            .await
+            .expect("verify")
+            .is_ok()
+    );
+    node.raft.shutdown().await.expect("shutdown");
+}
