@@ -3,8 +3,8 @@
 //! head is refused the same way on every node, and its log id is still recorded as applied.
 //!
 //! A snapshot is the whole history: every event, every command result and the head. Installing
-//! one replaces them in one transaction, then checks the hash chain and rebuilds the query
-//! tables.
+//! one replaces them and the query rows (folded from those events) in one transaction, then
+//! checks the hash chain of what was stored.
 
 use super::{Outcome, TypeConfig, io};
 use crate::domain::State;
@@ -279,6 +279,23 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
         let doc: SnapshotDoc = serde_json::from_slice(&data).map_err(|e| fail(&e))?;
         let applied = serde_json::to_value(meta.last_log_id).map_err(|e| fail(&e))?;
         let membership = serde_json::to_value(&meta.last_membership).map_err(|e| fail(&e))?;
+        // The history, folded, gives the query rows: both go in with the events.
+        let mut state = State::default();
+        for row in &doc.events {
+            let field = |k: &str| row.get(k).cloned().unwrap_or(Value::Null);
+            let (Some(position), Some(event_type), Some(version)) = (
+                field("position").as_i64(),
+                field("event_type").as_str().map(str::to_owned),
+                field("schema_version").as_i64(),
+            ) else {
+                return Err(fail(
+                    &"a snapshot event lacks its position, type or version",
+                ));
+            };
+            let event = crate::events::codec::decode(&event_type, version as i32, field("payload"))
+                .map_err(|e| fail(&e))?;
+            state.apply_at(position, &event);
+        }
         let mut tx = self.pool.begin().await.map_err(|e| fail(&e))?;
         for sql in ["DELETE FROM events", "DELETE FROM command_results"] {
             sqlx::query(sql)
@@ -308,22 +325,19 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
             .execute(&mut *tx)
             .await
             .map_err(|e| fail(&e))?;
+        query_tables::write_all(&mut tx, &state)
+            .await
+            .map_err(|e| fail(&e))?;
         tx.commit().await.map_err(|e| fail(&e))?;
-        // The history must be the one the chain says it is before anything is built on it.
+        // The chain is checked on what was stored; a history that fails it stops this node
+        // (a StorageError is fatal to openraft) before anything is built on it.
         let report = store_log::verify(&self.pool).await.map_err(|e| fail(&e))?;
         if let Some((position, why)) = report.first_error {
             return Err(fail(&format!(
                 "the installed snapshot fails verification at {position}: {why}"
             )));
         }
-        query_tables::rebuild(&self.pool)
-            .await
-            .map_err(|e| fail(&e))?;
         save_snapshot(&self.pool, meta, &data).await?;
-        let mut state = State::default();
-        store_log::catch_up(&self.pool, &mut state)
-            .await
-            .map_err(|e| fail(&e))?;
         self.head = LogHead::load(&self.pool).await.map_err(|e| fail(&e))?;
         self.state = state;
         self.last_applied = meta.last_log_id;

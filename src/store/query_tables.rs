@@ -201,25 +201,8 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, StoreError> {
     } else {
         events
     };
-    // DELETE, not TRUNCATE: TRUNCATE would lock readers out for the whole rebuild.
-    for table in ["nodes", "services", "agents"] {
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}")))
-            .execute(&mut *tx)
-            .await?;
-    }
-    let nodes: Vec<Value> = state.nodes.values().map(|n| node_row(n)).collect();
-    let services: Vec<Value> = state.services.values().map(|s| service_row(s)).collect();
-    let agents: Vec<Value> = state.agents.values().map(|a| agent_row(a)).collect();
-    let report = RebuildReport {
-        events,
-        nodes: nodes.len(),
-        services: services.len(),
-        agents: agents.len(),
-    };
-    replace_rows(&mut tx, "nodes", "node_id", vec![], nodes).await?;
-    replace_rows(&mut tx, "services", "service_id", vec![], services).await?;
-    replace_rows(&mut tx, "agents", "agent_id", vec![], agents).await?;
-    write_settings(&mut tx, &state).await?;
+    let report = write_all(&mut tx, &state).await?;
+    let report = RebuildReport { events, ..report };
     tx.commit().await?;
     tracing::info!(
         events,
@@ -227,6 +210,33 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, StoreError> {
         total_ms = started.elapsed().as_millis() as u64,
         "query tables rebuilt"
     );
+    Ok(report)
+}
+
+/// Replaces every query-table row with the rows of `state`, inside the caller's transaction.
+pub async fn write_all(
+    conn: &mut PgConnection,
+    state: &State,
+) -> Result<RebuildReport, StoreError> {
+    // DELETE, not TRUNCATE: TRUNCATE would lock readers out until the transaction ends.
+    for table in ["nodes", "services", "agents"] {
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&mut *conn)
+            .await?;
+    }
+    let nodes: Vec<Value> = state.nodes.values().map(|n| node_row(n)).collect();
+    let services: Vec<Value> = state.services.values().map(|s| service_row(s)).collect();
+    let agents: Vec<Value> = state.agents.values().map(|a| agent_row(a)).collect();
+    let report = RebuildReport {
+        events: 0,
+        nodes: nodes.len(),
+        services: services.len(),
+        agents: agents.len(),
+    };
+    replace_rows(conn, "nodes", "node_id", vec![], nodes).await?;
+    replace_rows(conn, "services", "service_id", vec![], services).await?;
+    replace_rows(conn, "agents", "agent_id", vec![], agents).await?;
+    write_settings(conn, state).await?;
     Ok(report)
 }
 
