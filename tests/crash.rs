@@ -129,7 +129,7 @@ async fn assert_whole_batches(pool: &PgPool) {
 async fn prepared() -> (TestDb, PgPool) {
     let db = TestDb::new().await;
     let (pool, d) = db.dispatcher().await;
-    drop(d);
+    d.shutdown().await;
     (db, pool)
 }
 
@@ -181,13 +181,14 @@ async fn release(mut blocker: PgConnection) {
 }
 
 #[tokio::test]
-async fn a_writer_killed_inside_its_batch_leaves_all_of_it_or_none() {
+async fn a_writer_killed_inside_its_batch_leaves_all_of_it_or_none_and_raft_applies_it_once() {
     let (db, pool) = prepared().await;
     let events_before = count_events(&pool).await;
     let head_before = LogHead::load(&pool).await.expect("head");
+    let whole = BATCH as i64 + 1;
 
-    // 1. The writer dies and its database session dies with it, with the batch's events
-    //    inserted but not committed: none of the batch.
+    // 1. The writer dies, and its database session with it, while applying a committed Raft
+    //    entry whose events are inserted but not committed: none of the batch is in the log.
     let (mut child, blocker, pid) = writer_stopped_inside_its_batch(&db, &pool, 0).await;
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
@@ -210,8 +211,23 @@ async fn a_writer_killed_inside_its_batch_leaves_all_of_it_or_none() {
         (head_before.position, head_before.hash)
     );
     assert_whole_batches(&pool).await;
+    // The entry is in the Raft log, committed: the restarted node applies it, exactly once.
+    let (d, _task) = Dispatcher::start(pool.clone(), DispatcherConfig::default())
+        .await
+        .expect("restart");
+    d.wait_for(events_before + whole, DEADLINE)
+        .await
+        .expect("re-applied");
+    for r in d.dispatch_batch(batch(0)).await {
+        assert!(
+            r.expect("applied").duplicate,
+            "batch 0 was applied from the Raft log"
+        );
+    }
+    assert_eq!(count_events(&pool).await, events_before + whole);
+    d.shutdown().await;
 
-    // 2. The writer dies after PostgreSQL has the whole batch statement: the batch is one
+    // 2. The writer dies after PostgreSQL has the whole apply statement: the batch is one
     //    statement, so PostgreSQL completes it without the writer: all of the batch. (With
     //    client_connection_check_interval set, PostgreSQL would notice the dead client and
     //    abort instead: none of it. Pinned off here so the outcome is deterministic.)
@@ -229,26 +245,24 @@ async fn a_writer_killed_inside_its_batch_leaves_all_of_it_or_none() {
     kill_done(&pool).await;
     assert_eq!(
         count_events(&pool).await,
-        events_before + BATCH as i64 + 1,
+        events_before + 2 * whole,
         "all of the batch"
     );
     assert_whole_batches(&pool).await;
-
-    // A restarted writer applies batch 0 (never recorded) and sees batch 1 as already done.
+    // Its log id was recorded with it, so the restarted node does not apply it again.
     let (d, _task) = Dispatcher::start(pool.clone(), DispatcherConfig::default())
         .await
         .expect("restart");
-    for r in d.dispatch_batch(batch(0)).await {
-        assert!(!r.expect("applied").duplicate, "batch 0 was not recorded");
-    }
     for r in d.dispatch_batch(batch(1)).await {
         assert!(r.expect("applied").duplicate, "batch 1 was recorded whole");
     }
     assert_eq!(
         count_events(&pool).await,
-        events_before + 2 * (BATCH as i64 + 1)
+        events_before + 2 * whole,
+        "applied exactly once"
     );
     assert_whole_batches(&pool).await;
+    d.shutdown().await;
 }
 
 #[tokio::test]
@@ -272,6 +286,7 @@ async fn writers_killed_at_arbitrary_moments_leave_whole_batches() {
         kill(child, &pool).await;
         assert_whole_batches(&pool).await;
         first += 100_000;
+        // The next writer starts on what this one left (committed Raft entries included).
     }
     // A later writer goes on from the same head.
     let (d, _task) = Dispatcher::start(pool.clone(), DispatcherConfig::default())

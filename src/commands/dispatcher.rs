@@ -11,8 +11,9 @@ use crate::domain::Timestamp;
 use crate::domain::ids::truncate_to_micros;
 use crate::domain::settings::EnvSettings;
 use crate::events::Event;
+use crate::raft::Outcome;
 use crate::store::log::Positions;
-use crate::store::{self, AppendItem, Batch, LogHead, Recorded, StoreError};
+use crate::store::{self, AppendItem, Batch, Recorded, StoreError};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -73,32 +74,44 @@ struct Job {
 pub struct Dispatcher {
     jobs: mpsc::Sender<Job>,
     state: watch::Receiver<State>,
+    raft: openraft::Raft<crate::raft::TypeConfig>,
 }
 
 impl Dispatcher {
-    /// Loads the state from the log and starts the writer task.
+    /// Starts this node's Raft (a cluster of one, storage in `pool`'s database) and the writer
+    /// task over it. Every write goes through Raft: there is no other path to the log.
     pub async fn start(
         pool: PgPool,
         config: DispatcherConfig,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
-        let (state, head) = load_consistent(&pool, State::default()).await?;
-        let (state_tx, state_rx) = watch::channel(state.clone());
+        let node =
+            crate::raft::node::start_single(pool.clone(), 1, Duration::from_secs(30)).await?;
+        let state = node.applied.borrow().clone();
         let (jobs_tx, jobs_rx) = mpsc::channel(4096);
         let writer = Writer {
             pool,
             config,
             state,
-            head,
-            published: state_tx,
+            raft: node.raft.clone(),
+            applied: node.applied.clone(),
         };
         let task = tokio::spawn(writer.run(jobs_rx));
         Ok((
             Self {
                 jobs: jobs_tx,
-                state: state_rx,
+                state: node.applied,
+                raft: node.raft,
             },
             task,
         ))
+    }
+
+    /// Stops this node's Raft (and so the writer: later commands fail as unavailable). Waits
+    /// until it has stopped, so another node may start on the same database.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            warn!(error = %e, "raft did not shut down cleanly");
+        }
     }
 
     /// Decides and appends one command.
@@ -197,10 +210,11 @@ impl Dispatcher {
 struct Writer {
     pool: PgPool,
     config: DispatcherConfig,
-    /// The committed state: everything in the log, nothing in flight.
+    /// The applied state: everything in the log, nothing in flight.
     state: State,
-    head: LogHead,
-    published: watch::Sender<State>,
+    raft: openraft::Raft<crate::raft::TypeConfig>,
+    /// The state machine's applied state.
+    applied: watch::Receiver<State>,
 }
 
 /// Where a command's result comes from once the batch is settled.
@@ -254,8 +268,8 @@ impl Decided {
     }
 }
 
-/// The result of an append task: what it wrote, and the head after it.
-type Landed = (Result<Vec<Positions>, StoreError>, LogHead);
+/// The result of an append task: the positions it wrote.
+type Landed = Result<Vec<Positions>, StoreError>;
 
 /// An append running while the writer decides the next batch.
 struct InFlight {
@@ -308,10 +322,7 @@ impl Writer {
                     continue;
                 };
                 let landed = landed.unwrap_or_else(|e| {
-                    (
-                        Err(StoreError::Internal(format!("append task failed: {e}"))),
-                        self.head.clone(),
-                    )
+                    Err(StoreError::Internal(format!("append task failed: {e}")))
                 });
                 if let Err(retry) = self.land(flight.decided, landed).await {
                     // The batch decided on top of it is void: decide both again, in order.
@@ -336,6 +347,9 @@ impl Writer {
                 }
                 None => {}
             }
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            warn!(error = %e, "raft did not shut down cleanly");
         }
         debug!("dispatcher stopped: every handle was dropped");
     }
@@ -402,7 +416,7 @@ impl Writer {
         // failure (and the resync after it failed too). Catch up before answering from it.
         let ahead = known
             .values()
-            .any(|r| matches!(r, Recorded::Appended((_, last)) if *last > self.head.position));
+            .any(|r| matches!(r, Recorded::Appended((_, last)) if *last > self.state.revision));
         if ahead
             && in_flight.is_none()
             && next.is_none()
@@ -412,7 +426,7 @@ impl Writer {
         }
         let decided = next.get_or_insert_with(|| match in_flight {
             Some(f) => Decided::new(f.decided.after.clone(), f.decided.end),
-            None => Decided::new(self.state.clone(), self.head.position),
+            None => Decided::new(self.state.clone(), self.state.revision),
         });
         decided.isolated = isolated;
         for job in taken {
@@ -501,9 +515,10 @@ impl Writer {
         decided.jobs.push(job);
     }
 
-    /// Starts appending a decided batch. Its base is the position its decisions were made on;
-    /// if the head is not there (a failed batch ahead, a resync), the append is refused as
-    /// stale and the batch is decided again.
+    /// Proposes a decided batch to Raft; it is appended when the entry is applied. Its base is
+    /// the position its decisions were made on; if the head is not there when it is applied
+    /// (a batch ahead failed, a new leader), it is refused as stale on every node and decided
+    /// again.
     fn launch(&self, decided: Decided) -> InFlight {
         let batch = Batch {
             base_position: decided.base,
@@ -512,10 +527,19 @@ impl Writer {
             items: decided.append.clone(),
             unappended: decided.unappended.clone(),
         };
-        let (pool, mut head, after) = (self.pool.clone(), self.head.clone(), decided.after.clone());
+        let raft = self.raft.clone();
         let task = tokio::spawn(async move {
-            let r = store::log::append(&pool, &mut head, &batch, &after).await;
-            (r, head)
+            match raft.client_write(batch).await {
+                Ok(written) => match written.data {
+                    Outcome::Appended(positions) => Ok(positions),
+                    Outcome::Stale { base, head } => Err(StoreError::Conflict {
+                        expected: base,
+                        actual: head,
+                    }),
+                    Outcome::Nothing => Ok(Vec::new()),
+                },
+                Err(e) => Err(StoreError::Internal(format!("raft: {e}"))),
+            }
         });
         InFlight { task, decided }
     }
@@ -524,14 +548,10 @@ impl Writer {
     /// callers get their results. Otherwise the log is re-read, and the jobs to send again are
     /// returned (see the rules inside).
     async fn land(&mut self, decided: Decided, landed: Landed) -> Result<(), Vec<Job>> {
-        let (result, head) = landed;
-        match result {
+        match landed {
             Ok(positions) => {
-                self.head = head;
-                let mut state = decided.after.clone();
-                state.revision = self.head.position;
-                self.state = state;
-                self.published.send_replace(self.state.clone());
+                // The entry is applied when client_write returns: take the applied state.
+                self.state = self.applied.borrow().clone();
                 self.reply(decided, positions);
                 Ok(())
             }
@@ -572,7 +592,7 @@ impl Writer {
 
     /// Sends every caller of a settled batch its results.
     fn reply(&self, decided: Decided, positions: Vec<Positions>) {
-        let revision = self.head.position;
+        let revision = self.state.revision;
         let mut out: Vec<Result<Applied, CommandError>> = Vec::with_capacity(decided.slots.len());
         let ids = decided
             .jobs
@@ -609,38 +629,11 @@ impl Writer {
         }
     }
 
-    /// Re-reads the log: the head and the state move together, or not at all.
+    /// Takes the state machine's applied state again (after a failed proposal).
     async fn resync(&mut self) -> Result<(), StoreError> {
-        let (state, head) = load_consistent(&self.pool, self.state.clone()).await?;
-        self.state = state;
-        self.head = head;
-        self.published.send_replace(self.state.clone());
+        self.state = self.applied.borrow().clone();
         Ok(())
     }
-}
-
-/// The state folded up to the log's head and that head, read so that they agree: the head is
-/// read after folding, and folding repeats while other writers move it (a bounded number of
-/// times). Starts from `state` when the log still holds it, else from scratch.
-async fn load_consistent(pool: &PgPool, state: State) -> Result<(State, LogHead), StoreError> {
-    let mut state = state;
-    for _ in 0..5 {
-        let head_position: i64 = sqlx::query_scalar("SELECT position FROM log_head")
-            .fetch_one(pool)
-            .await?;
-        if head_position < state.revision {
-            // The log is shorter than what we hold: only a reset database can do that.
-            state = State::default();
-        }
-        store::log::catch_up(pool, &mut state).await?;
-        let head = LogHead::load(pool).await?;
-        if head.position == state.revision {
-            return Ok((state, head));
-        }
-    }
-    Err(StoreError::Internal(
-        "the log kept moving while it was being read; is another writer running?".to_owned(),
-    ))
 }
 
 /// Refuses metadata PostgreSQL could not store or index: command ids are idempotency keys,

@@ -118,16 +118,9 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
             .map_err(|e| io(StorageIOError::read_vote, e))
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), SE> {
-        self.write_state("committed", &committed).await
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, SE> {
-        Ok(self
-            .read_state::<Option<LogId<u64>>>("committed")
-            .await?
-            .flatten())
-    }
+    // The committed id is not stored: openraft treats it as optional, and a restarted leader
+    // commits (and so re-applies) everything before its first entry anyway. Storing it would
+    // cost one more durable write per batch.
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SE>
     where
