@@ -1,9 +1,9 @@
 //! The command entry point: `dispatch(command, meta) -> Result<Applied, CommandError>`.
 //!
-//! One writer task owns the state and the log head. It takes every queued command (up to a
-//! batch limit), decides each against the state with the earlier ones of the batch folded in,
-//! and appends all of them in one transaction (group commit), so throughput grows with the
-//! number of concurrent callers. Raft goes under this task later; callers do not change.
+//! One writer task takes every queued command (up to a batch limit), decides each against the
+//! applied state with the earlier ones of the batch folded in, and proposes the batch to Raft
+//! as one entry; applying it appends all of them in one transaction (group commit), so
+//! throughput grows with the number of concurrent callers.
 
 use super::{Command, CommandError, CommandMeta, Ctx, Rejection, decide_and_evolve};
 use crate::domain::State;
@@ -412,17 +412,13 @@ impl Writer {
                 return;
             }
         };
-        // Results recorded beyond our head: a batch committed although its append reported a
-        // failure (and the resync after it failed too). Catch up before answering from it.
+        // Results recorded beyond our state: a batch was applied although its proposal reported
+        // a failure. Take the applied state before answering from it.
         let ahead = known
             .values()
             .any(|r| matches!(r, Recorded::Appended((_, last)) if *last > self.state.revision));
-        if ahead
-            && in_flight.is_none()
-            && next.is_none()
-            && let Err(e) = self.resync().await
-        {
-            warn!(error = %e, "could not re-read the log");
+        if ahead && in_flight.is_none() && next.is_none() {
+            self.resync();
         }
         let decided = next.get_or_insert_with(|| match in_flight {
             Some(f) => Decided::new(f.decided.after.clone(), f.decided.end),
@@ -545,7 +541,7 @@ impl Writer {
     }
 
     /// Settles a batch whose append finished. On success the state and head move on and its
-    /// callers get their results. Otherwise the log is re-read, and the jobs to send again are
+    /// callers get their results. Otherwise the applied state is taken again, and the jobs to send again are
     /// returned (see the rules inside).
     async fn land(&mut self, decided: Decided, landed: Landed) -> Result<(), Vec<Job>> {
         match landed {
@@ -561,10 +557,8 @@ impl Writer {
                     StoreError::Database(db) => is_transient(db),
                     _ => false,
                 };
-                warn!(error = %e, conflict, transient, "batch not appended; re-reading the log");
-                if let Err(e2) = self.resync().await {
-                    warn!(error = %e2, "could not re-read the log after a failed append");
-                }
+                warn!(error = %e, conflict, transient, "batch not appended; taking the applied state");
+                self.resync();
                 let shared = decided.jobs.len() > 1;
                 let mut retry = Vec::new();
                 for mut job in decided.jobs {
@@ -630,9 +624,8 @@ impl Writer {
     }
 
     /// Takes the state machine's applied state again (after a failed proposal).
-    async fn resync(&mut self) -> Result<(), StoreError> {
+    fn resync(&mut self) {
         self.state = self.applied.borrow().clone();
-        Ok(())
     }
 }
 
