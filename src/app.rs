@@ -10,11 +10,15 @@ use crate::config::{CliCommand, DbArgs, EventsArgs, ServeArgs};
 use crate::crypto::Cipher;
 use crate::domain::settings::EnvSettings;
 use crate::embedded_pg::EmbeddedPostgres;
+use crate::raft::network::Faults;
+use crate::raft::node::NodeConfig;
+use crate::raft::service::Internal;
 use crate::store::{self, ReadFilter, Secrets};
 use anyhow::Context as _;
 use sqlx::PgPool;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -37,6 +41,7 @@ pub async fn run(command: CliCommand) -> anyhow::Result<()> {
             with_database(&db, |pool| print_events(pool, args)).await
         }
         CliCommand::Bench(args) => crate::bench::run(args).await,
+        CliCommand::Cluster(args) => crate::cluster::run(args).await,
     }
 }
 
@@ -193,7 +198,82 @@ pub async fn serve(
         node_name: args.node_name.clone(),
         ..DispatcherConfig::default()
     };
-    let (dispatcher, writer) = Dispatcher::start(database.pool.clone(), config).await?;
+    let c = &args.cluster;
+    let raft_listener = TcpListener::bind(c.raft_addr)
+        .await
+        .with_context(|| format!("binding the internal address {}", c.raft_addr))?;
+    let raft_addr = raft_listener.local_addr()?;
+    let node = NodeConfig {
+        id: c.node_id,
+        addr: c
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| raft_addr.to_string()),
+        init_single: !c.join,
+        heartbeat: Duration::from_millis(c.heartbeat_ms),
+        election_timeout: Duration::from_millis(c.election_timeout_ms),
+        snapshot_every: c.snapshot_every,
+        keep_logs: c.keep_logs,
+        faults: Faults::default(),
+    };
+    let (dispatcher, writer) = Dispatcher::start_node(database.pool.clone(), config, node).await?;
+    // One shutdown signal for both servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let internal = Internal::new(
+        dispatcher.clone(),
+        database.pool.clone(),
+        dispatcher.peers().clone(),
+    );
+    let internal_task = tokio::spawn(internal.serve(raft_listener, stopped(stop_rx.clone())));
+    let startup = startup_commands(dispatcher.clone(), env);
+    if c.join {
+        // The cluster may not exist yet: record them once it has a leader.
+        tokio::spawn(async move {
+            if let Err(e) = startup.await {
+                warn!(error = %format!("{e:#}"), "startup commands");
+            }
+        });
+    } else {
+        startup.await?;
+    }
+    let revision = dispatcher.state().revision;
+    let addr = listener.local_addr()?;
+    info!(%addr, %raft_addr, node_id = c.node_id, revision, key = %key_path.display(), data_dir = %args.db.data_dir.display(), "pmm-cp ready");
+    println!(
+        "pmm-cp ready: debug http://{addr}/debug/health, internal {raft_addr}, node {}, revision {revision}",
+        c.node_id
+    );
+    let router = crate::app::debug_router(dispatcher.clone());
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stopped(stop_rx))
+        .await
+        .context("debug endpoint")?;
+    info!("shutting down");
+    match internal_task.await {
+        Ok(Err(e)) => warn!(error = %e, "internal service"),
+        Err(e) => warn!(error = %e, "internal service task"),
+        Ok(Ok(())) => {}
+    }
+    dispatcher.shutdown().await;
+    drop(dispatcher);
+    if let Err(e) = writer.await {
+        warn!(error = %e, "the dispatcher task ended abnormally");
+    }
+    database.close().await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Records the PMM Server's fixtures (once per cluster: a fixed command id) and the
+/// settings pinned by this node's `PMM_*` variables.
+async fn startup_commands(dispatcher: Dispatcher, env: EnvSettings) -> anyhow::Result<()> {
     let boot = CommandMeta::with_id(BOOTSTRAP_COMMAND_ID, "system");
     dispatcher
         .dispatch(Command::BootstrapServer(BootstrapServer), boot)
@@ -206,22 +286,6 @@ pub async fn serve(
             .await
             .context("applying PMM_* settings variables")?;
     }
-    let revision = dispatcher.state().revision;
-    let addr = listener.local_addr()?;
-    info!(%addr, revision, key = %key_path.display(), data_dir = %args.db.data_dir.display(), "pmm-cp ready");
-    println!("pmm-cp ready: debug http://{addr}/debug/health, revision {revision}");
-    let router = crate::app::debug_router(dispatcher.clone());
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("debug endpoint")?;
-    info!("shutting down");
-    drop(dispatcher);
-    if let Err(e) = writer.await {
-        warn!(error = %e, "the dispatcher task ended abnormally");
-    }
-    database.close().await?;
-    info!("stopped");
     Ok(())
 }
 

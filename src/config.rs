@@ -26,6 +26,8 @@ pub enum CliCommand {
     Rebuild(DbArgs),
     /// Print events after a position as JSON lines (secrets redacted).
     Events(EventsArgs),
+    /// Cluster operations: status, init, add a learner, change the voters.
+    Cluster(ClusterCliArgs),
     /// Measure dispatch throughput and latency, and rebuild speed, beside a raw PostgreSQL
     /// baseline on the same server.
     Bench(BenchArgs),
@@ -64,6 +66,111 @@ pub struct ServeArgs {
     /// Database connections in the pool.
     #[arg(long, env = "PMM_CP_DB_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=200))]
     pub db_connections: u32,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// How this node takes part in a Raft cluster.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// This node's Raft id, unique in its cluster.
+    #[arg(long, env = "PMM_CP_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_id: u64,
+    /// Where the internal service (Raft between nodes, forwarded commands, cluster operations)
+    /// listens. Port 0 picks a free port.
+    #[arg(long, env = "PMM_CP_RAFT_ADDR", default_value = "127.0.0.1:7774")]
+    pub raft_addr: SocketAddr,
+    /// The address peers use to reach this node's internal service (default: the bound
+    /// `--raft-addr`).
+    #[arg(long, env = "PMM_CP_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Wait to be added to a cluster (`pmm-cp cluster add-learner` on its leader, or
+    /// `cluster init` naming it) instead of starting a cluster of one on first start.
+    #[arg(long, env = "PMM_CP_JOIN")]
+    pub join: bool,
+    /// Leader heartbeat interval, in milliseconds.
+    #[arg(long, env = "PMM_CP_HEARTBEAT_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub heartbeat_ms: u64,
+    /// Silence from the leader after which a follower starts an election (randomized up to
+    /// twice this), in milliseconds; several heartbeats.
+    #[arg(long, env = "PMM_CP_ELECTION_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub election_timeout_ms: u64,
+    /// Build a snapshot after this many Raft log entries, and purge the entries it covers.
+    #[arg(long, env = "PMM_CP_SNAPSHOT_EVERY", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every: u64,
+    /// Raft log entries kept behind the last snapshot, for followers that lag a little.
+    #[arg(long, env = "PMM_CP_KEEP_LOGS", default_value_t = 1000)]
+    pub keep_logs: u64,
+}
+
+impl Default for ClusterArgs {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            raft_addr: SocketAddr::from(([127, 0, 0, 1], 7774)),
+            advertise_addr: None,
+            join: false,
+            heartbeat_ms: 100,
+            election_timeout_ms: 1000,
+            snapshot_every: 5000,
+            keep_logs: 1000,
+        }
+    }
+}
+
+/// `pmm-cp cluster ...`: operations on a running cluster, through any node's internal
+/// service.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterCliArgs {
+    /// A node's internal address (`--raft-addr` of `serve`).
+    #[arg(long, env = "PMM_CP_CLUSTER_ADDR", default_value = "127.0.0.1:7774")]
+    pub addr: String,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub op: ClusterOp,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterOp {
+    /// Leader, term, and every member with its role, applied index, revision, hash head and lag.
+    Status,
+    /// Make the named nodes (`ID=HOST:PORT`, repeatable) the voters of a new cluster; every
+    /// one was started with `--join`.
+    Init {
+        #[arg(long = "member", value_parser = parse_member, required = true)]
+        members: Vec<(u64, String)>,
+    },
+    /// Add a node as a learner; returns when it has caught up.
+    AddLearner {
+        #[arg(long)]
+        id: u64,
+        /// Its internal address.
+        #[arg(long)]
+        addr: String,
+    },
+    /// Set the voters (comma-separated ids): promotes learners, removes voters not named.
+    ChangeMembership {
+        #[arg(long, value_delimiter = ',', required = true)]
+        voters: Vec<u64>,
+        /// Keep removed voters as learners.
+        #[arg(long)]
+        retain: bool,
+    },
+}
+
+fn parse_member(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT"))?;
+    let id = id
+        .parse::<u64>()
+        .map_err(|e| format!("{s:?}: node id: {e}"))?;
+    if addr.is_empty() {
+        return Err(format!("{s:?}: the address is empty"));
+    }
+    Ok((id, addr.to_owned()))
 }
 
 #[derive(Debug, Clone, Args)]

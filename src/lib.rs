@@ -10,10 +10,13 @@
 //! - [`crypto`]: the cluster key and the cipher that seals secrets before they become events.
 //! - [`embedded_pg`]: the private PostgreSQL the server starts when no database is configured.
 //! - [`config`] and [`app`]: configuration (flags and environment) and the server's wiring.
+//! - [`raft`]: openraft over PostgreSQL, the gRPC network between nodes, cluster operations;
+//!   [`cluster`] is the `pmm-cp cluster` command.
 //! - [`bench`]: the benchmark behind `pmm-cp bench`.
 
 pub mod app;
 pub mod bench;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod crypto;

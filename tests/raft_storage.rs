@@ -157,13 +157,13 @@ async fn a_cluster_of_one_commits_applies_and_resumes_after_a_restart() {
     use pmmcp::commands::{Command, CommandMeta, Ctx, decide};
     use pmmcp::domain::State;
     use pmmcp::raft::Outcome;
-    use pmmcp::raft::node::start_single;
+    use pmmcp::raft::node::{NodeConfig, start};
     use pmmcp::store::{AppendItem, Batch};
     use std::time::Duration;
 
     let db = TestDb::new().await;
     let pool = db.pool().await;
-    let node = start_single(pool.clone(), 1, Duration::from_secs(30))
+    let node = start(pool.clone(), NodeConfig::single(), Duration::from_secs(30))
         .await
         .expect("leads");
     let events = decide(
@@ -198,7 +198,7 @@ async fn a_cluster_of_one_commits_applies_and_resumes_after_a_restart() {
     drop(node);
 
     // Restarted: the same cluster, the same state, nothing applied twice.
-    let node = start_single(pool.clone(), 1, Duration::from_secs(30))
+    let node = start(pool.clone(), NodeConfig::single(), Duration::from_secs(30))
         .await
         .expect("leads again");
     assert_eq!(node.applied.borrow().revision, n);

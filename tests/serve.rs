@@ -4,7 +4,7 @@
 
 mod support;
 
-use pmmcp::config::{DbArgs, ServeArgs};
+use pmmcp::config::{ClusterArgs, DbArgs, ServeArgs};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,6 +47,10 @@ fn args(data_dir: &Path, database_url: Option<String>) -> ServeArgs {
         debug_addr: "127.0.0.1:0".parse().expect("addr"),
         max_batch: 512,
         db_connections: 4,
+        cluster: ClusterArgs {
+            raft_addr: "127.0.0.1:0".parse().expect("addr"),
+            ..ClusterArgs::default()
+        },
     }
 }
 

@@ -16,7 +16,7 @@ use crate::domain::{
 };
 
 /// How an exporter delivers metrics. Unspecified means push, except on `pmm-server`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MetricsMode {
     #[default]
     Unspecified,
@@ -45,7 +45,7 @@ fn push_for(mode: MetricsMode, pmm_agent: &AgentId) -> Result<bool, Rejection> {
 }
 
 /// AddNodeParams of a management add: a new remote node for the service.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct AddNodeParams {
     pub node_type: Option<NodeType>,
     pub node_name: String,
@@ -60,7 +60,7 @@ pub struct AddNodeParams {
 }
 
 /// The fields every management add shares.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct AddServiceCommon {
     pub node_id: Option<NodeId>,
     pub node_name: Option<String>,
@@ -87,7 +87,7 @@ pub struct AddServiceCommon {
 }
 
 /// What differs per service type.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum ServiceKind {
     Mysql {
         qan_perfschema: bool,
@@ -141,7 +141,7 @@ impl ServiceKind {
 }
 
 /// Management AddService (mysql, mongodb, postgresql, proxysql, valkey, haproxy, external).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AddManagedService {
     pub common: AddServiceCommon,
     pub kind: ServiceKind,
@@ -494,7 +494,7 @@ impl AddManagedService {
 }
 
 /// RDS database engines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RdsEngine {
     Mysql,
     Postgresql,
@@ -529,7 +529,7 @@ pub fn is_aws_region(r: &str) -> bool {
 
 /// Management AddRDS: a remote_rds node, an optional rds_exporter, the service, its exporter
 /// and an optional QAN agent, run by `pmm-server`'s pmm-agent unless another is named.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct AddRdsService {
     pub region: String,
     pub az: String,
@@ -695,7 +695,7 @@ impl AddRdsService {
 }
 
 /// Azure database kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AzureDatabaseType {
     Mysql,
     Postgresql,
@@ -703,7 +703,7 @@ pub enum AzureDatabaseType {
 
 /// Management AddAzureDatabase: a remote_azure_database node, the service, its exporter, an
 /// optional azure_database_exporter and QAN agent, run by `pmm-server`'s pmm-agent.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct AddAzureDatabase {
     pub region: String,
     pub az: String,

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 /// Inventory AddAgent for any type: the union of PMM's per-type add params. Fields a type does
 /// not use are ignored.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AddAgent {
     pub agent_type: AgentType,
     pub pmm_agent_id: Option<AgentId>,
@@ -473,7 +473,7 @@ fn check_node_compat(d: &Decision<'_>, node: &NodeId, t: AgentType) -> Result<()
 }
 
 /// New resolutions for ChangeAgent: each present value is validated; zero resets it.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ResolutionsChange {
     pub hr: Option<Duration>,
     pub mr: Option<Duration>,
@@ -482,7 +482,7 @@ pub struct ResolutionsChange {
 
 /// Inventory ChangeAgent. `agent_type` is the oneof key of the request and must match the
 /// agent's type. Absent fields keep their value.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ChangeAgent {
     pub agent_id: AgentId,
     pub agent_type: AgentType,
@@ -735,7 +735,7 @@ fn finish(d: &mut Decision<'_>, current: &Agent, mut a: Agent) -> Result<(), Rej
 }
 
 /// Inventory RemoveAgent.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RemoveAgent {
     pub agent_id: AgentId,
     pub force: bool,

@@ -9,7 +9,7 @@ use crate::domain::{Agent, AgentId, AgentType, NodeId, NodeType, PMM_SERVER_ID};
 use crate::events::Event;
 
 /// The command each start sends; the first one records the fixtures.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct BootstrapServer;
 
 impl BootstrapServer {

@@ -12,6 +12,9 @@ use crate::domain::ids::truncate_to_micros;
 use crate::domain::settings::EnvSettings;
 use crate::events::Event;
 use crate::raft::Outcome;
+use crate::raft::network::Peers;
+use crate::raft::node::NodeConfig;
+use crate::raft::proto::{ForwardRequest, ReadIndexRequest};
 use crate::store::log::Positions;
 use crate::store::{self, AppendItem, Batch, Recorded, StoreError};
 use sqlx::PgPool;
@@ -22,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, warn};
 
 /// What a command that applied returns.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Applied {
     pub command_id: String,
     /// Positions of its events, `None` when it changed nothing.
@@ -75,17 +78,36 @@ pub struct Dispatcher {
     jobs: mpsc::Sender<Job>,
     state: watch::Receiver<State>,
     raft: openraft::Raft<crate::raft::TypeConfig>,
+    id: u64,
+    peers: Peers,
 }
 
+/// Most commands a peer may forward in one call.
+pub const MAX_FORWARDED: usize = 10_000;
+/// How long a command may look for a leader (elections, forwarding) before it fails as
+/// unavailable.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a forwarded call may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Dispatcher {
-    /// Starts this node's Raft (a cluster of one, storage in `pool`'s database) and the writer
+    /// Starts a cluster of one with no network (storage in `pool`'s database) and the writer
     /// task over it. Every write goes through Raft: there is no other path to the log.
     pub async fn start(
         pool: PgPool,
         config: DispatcherConfig,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
-        let node =
-            crate::raft::node::start_single(pool.clone(), 1, Duration::from_secs(30)).await?;
+        Self::start_node(pool, config, NodeConfig::single()).await
+    }
+
+    /// Starts this node's Raft as `node` says, and the writer task over it. Commands sent to
+    /// any node are decided by the leader: a follower forwards them.
+    pub async fn start_node(
+        pool: PgPool,
+        config: DispatcherConfig,
+        node: NodeConfig,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
+        let node = crate::raft::node::start(pool.clone(), node, Duration::from_secs(30)).await?;
         let state = node.applied.borrow().clone();
         let (jobs_tx, jobs_rx) = mpsc::channel(4096);
         let writer = Writer {
@@ -94,6 +116,8 @@ impl Dispatcher {
             state,
             raft: node.raft.clone(),
             applied: node.applied.clone(),
+            id: node.config.id,
+            ready_term: None,
         };
         let task = tokio::spawn(writer.run(jobs_rx));
         Ok((
@@ -101,6 +125,8 @@ impl Dispatcher {
                 jobs: jobs_tx,
                 state: node.applied,
                 raft: node.raft,
+                id: node.config.id,
+                peers: node.peers,
             },
             task,
         ))
@@ -112,6 +138,16 @@ impl Dispatcher {
         if let Err(e) = self.raft.shutdown().await {
             warn!(error = %e, "raft did not shut down cleanly");
         }
+    }
+
+    /// This node's Raft.
+    pub fn raft(&self) -> &openraft::Raft<crate::raft::TypeConfig> {
+        &self.raft
+    }
+
+    /// This node's connections to its peers.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// Decides and appends one command.
@@ -126,23 +162,154 @@ impl Dispatcher {
             })
     }
 
-    /// Decides and appends several commands in one transaction (all accepted ones or none).
-    /// Each gets its own result; one with bad metadata is refused alone.
+    /// Decides and appends several commands in one Raft entry (all accepted ones or none),
+    /// on the leader: here, or forwarded to it. Each gets its own result; one with bad
+    /// metadata is refused alone. While there is no leader, or the leader changes, the
+    /// commands are sent again (with their ids, so none applies twice) for a bounded time.
     pub async fn dispatch_batch(
         &self,
         items: Vec<(Command, CommandMeta)>,
     ) -> Vec<Result<Applied, CommandError>> {
-        let mut out: Vec<Option<Result<Applied, CommandError>>> = Vec::with_capacity(items.len());
-        let mut valid = Vec::with_capacity(items.len());
-        for (cmd, meta) in items {
-            match check_meta(&meta) {
-                Ok(()) => {
-                    out.push(None);
-                    valid.push((cmd, meta));
-                }
-                Err(e) => out.push(Some(Err(e))),
+        with_valid_meta(items, |valid| self.route(valid)).await
+    }
+
+    /// Like [`Dispatcher::dispatch_batch`], but only on this node: refused as not the leader
+    /// when it does not lead. Peers forward commands here.
+    pub async fn dispatch_here(
+        &self,
+        items: Vec<(Command, CommandMeta)>,
+    ) -> Vec<Result<Applied, CommandError>> {
+        with_valid_meta(items, |valid| self.send_local(valid)).await
+    }
+
+    /// The leader as this node knows it: its id and address.
+    fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        Some((id, addr))
+    }
+
+    async fn route(
+        &self,
+        items: Vec<(Command, CommandMeta)>,
+    ) -> Vec<Result<Applied, CommandError>> {
+        let deadline = tokio::time::Instant::now() + ROUTE_TIMEOUT;
+        let mut results: Vec<Option<Result<Applied, CommandError>>> = vec![None; items.len()];
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let pending: Vec<usize> = (0..items.len())
+                .filter(|&i| match &results[i] {
+                    None => true,
+                    Some(Err(CommandError::NotLeader { .. })) => true,
+                    Some(_) => false,
+                })
+                .collect();
+            if pending.is_empty() {
+                break;
             }
+            let batch: Vec<_> = pending.iter().map(|&i| items[i].clone()).collect();
+            let leader = self.leader();
+            let got = match &leader {
+                Some((id, _)) if *id == self.id => self.send_local(batch).await,
+                Some((id, addr)) => self.forward(*id, addr, batch).await,
+                None => vec![Err(CommandError::NotLeader { leader: None }); pending.len()],
+            };
+            let mut again = false;
+            for (i, r) in pending.into_iter().zip(got) {
+                again |= matches!(r, Err(CommandError::NotLeader { .. }));
+                results[i] = Some(r);
+            }
+            let now = tokio::time::Instant::now();
+            if !again || now >= deadline {
+                break;
+            }
+            // Wait for a (new) leader, or a little, before sending the rest again.
+            let was = leader.map(|(id, _)| id);
+            let wait = backoff.min(deadline - now);
+            let _ = self
+                .raft
+                .wait(Some(wait))
+                .metrics(
+                    |m| m.current_leader.is_some() && m.current_leader != was,
+                    "a new leader",
+                )
+                .await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
+        results
+            .into_iter()
+            .map(|r| match r {
+                Some(Err(CommandError::NotLeader { leader })) => {
+                    Err(CommandError::Unavailable(format!(
+                        "no leader took the command within {ROUTE_TIMEOUT:?}{}",
+                        leader
+                            .map(|l| format!(" (last tried {l})"))
+                            .unwrap_or_default()
+                    )))
+                }
+                Some(r) => r,
+                None => Err(CommandError::Internal(
+                    "a command was not routed".to_owned(),
+                )),
+            })
+            .collect()
+    }
+
+    /// Sends commands to the leader `id` at `addr`. A leader that cannot be reached counts as
+    /// no leader: the caller tries again.
+    async fn forward(
+        &self,
+        id: u64,
+        addr: &str,
+        items: Vec<(Command, CommandMeta)>,
+    ) -> Vec<Result<Applied, CommandError>> {
+        let n = items.len();
+        let not_leader = |why: String| {
+            debug!(leader = id, %addr, why, "forwarding failed");
+            vec![
+                Err(CommandError::NotLeader {
+                    leader: Some(addr.to_owned())
+                });
+                n
+            ]
+        };
+        let json = match serde_json::to_vec(&items) {
+            Ok(j) => j,
+            Err(e) => {
+                return vec![Err(CommandError::Internal(format!("encoding commands: {e}"))); n];
+            }
+        };
+        let mut client = match self.peers.raft_client(id, addr) {
+            Ok(c) => c,
+            Err(e) => return not_leader(e),
+        };
+        let mut req = tonic::Request::new(ForwardRequest { json });
+        req.set_timeout(FORWARD_TIMEOUT);
+        let resp = match client.forward(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                return vec![Err(CommandError::Invalid(s.message().to_owned())); n];
+            }
+            Err(s) => return not_leader(s.message().to_owned()),
+        };
+        match serde_json::from_slice::<Vec<Result<Applied, CommandError>>>(&resp.json) {
+            Ok(r) if r.len() == n => r,
+            Ok(_) => not_leader("the leader returned a wrong number of results".to_owned()),
+            Err(e) => not_leader(format!("undecodable results: {e}")),
+        }
+    }
+
+    /// Hands commands to this node's writer.
+    async fn send_local(
+        &self,
+        valid: Vec<(Command, CommandMeta)>,
+    ) -> Vec<Result<Applied, CommandError>> {
         let n = valid.len();
         let stopped = || {
             (0..n)
@@ -153,32 +320,59 @@ impl Dispatcher {
                 })
                 .collect::<Vec<_>>()
         };
-        let results = if n == 0 {
-            Vec::new()
-        } else {
-            let (reply, rx) = oneshot::channel();
-            let job = Job {
-                items: valid,
-                reply,
-                attempts: 0,
-                isolate: false,
-            };
-            if self.jobs.send(job).await.is_err() {
-                stopped()
-            } else {
-                rx.await.unwrap_or_else(|_| stopped())
-            }
+        if n == 0 {
+            return Vec::new();
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            items: valid,
+            reply,
+            attempts: 0,
+            isolate: false,
         };
-        let mut results = results.into_iter();
-        out.into_iter()
-            .map(|r| {
-                r.or_else(|| results.next()).unwrap_or_else(|| {
-                    Err(CommandError::Internal(
-                        "the writer returned too few results".to_owned(),
-                    ))
-                })
-            })
-            .collect()
+        if self.jobs.send(job).await.is_err() {
+            return stopped();
+        }
+        let results = rx.await.unwrap_or_else(|_| stopped());
+        if results.len() == n {
+            results
+        } else {
+            vec![
+                Err(CommandError::Internal(
+                    "the writer returned a wrong number of results".to_owned()
+                ));
+                n
+            ]
+        }
+    }
+
+    /// The state as of a linearizable read: everything committed before this call is in it.
+    /// The leader confirms it still leads; a follower asks the leader for that revision and
+    /// waits until it has applied it (at most `timeout`).
+    pub async fn linearizable_state(&self, timeout: Duration) -> Result<State, CommandError> {
+        let unavailable = |why: String| CommandError::Unavailable(why);
+        let Some((id, addr)) = self.leader() else {
+            return Err(unavailable(
+                "the cluster has no leader right now".to_owned(),
+            ));
+        };
+        if id == self.id {
+            tokio::time::timeout(timeout, self.raft.ensure_linearizable())
+                .await
+                .map_err(|_| unavailable(format!("no quorum within {timeout:?}")))?
+                .map_err(|e| unavailable(e.to_string()))?;
+            return Ok(self.state());
+        }
+        let mut client = self.peers.raft_client(id, &addr).map_err(unavailable)?;
+        let mut req = tonic::Request::new(ReadIndexRequest {});
+        req.set_timeout(timeout);
+        let revision = client
+            .read_index(req)
+            .await
+            .map_err(|s| unavailable(format!("leader {addr}: {}", s.message())))?
+            .into_inner()
+            .revision;
+        self.wait_for(revision, timeout).await
     }
 
     /// The current state (an O(1) snapshot).
@@ -215,6 +409,11 @@ struct Writer {
     raft: openraft::Raft<crate::raft::TypeConfig>,
     /// The state machine's applied state.
     applied: watch::Receiver<State>,
+    /// This node's Raft id.
+    id: u64,
+    /// The term in which this node, as leader, has applied every entry before its own first
+    /// one: decisions are made only then.
+    ready_term: Option<u64>,
 }
 
 /// Where a command's result comes from once the batch is settled.
@@ -398,6 +597,15 @@ impl Writer {
         if taken.is_empty() {
             return;
         }
+        if in_flight.is_none()
+            && next.is_none()
+            && let Err(e) = self.ensure_leading().await
+        {
+            for job in taken {
+                let _ = job.reply.send(vec![Err(e.clone()); job.items.len()]);
+            }
+            return;
+        }
         let ids: Vec<String> = taken
             .iter()
             .flat_map(|j| j.items.iter().map(|(_, m)| m.command_id.clone()))
@@ -534,6 +742,9 @@ impl Writer {
                     }),
                     Outcome::Nothing => Ok(Vec::new()),
                 },
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::ClientWriteError::ForwardToLeader(f),
+                )) => Err(StoreError::NotLeader(f.leader_node.map(|n| n.addr))),
                 Err(e) => Err(StoreError::Internal(format!("raft: {e}"))),
             }
         });
@@ -552,6 +763,16 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
+                if let StoreError::NotLeader(_) = e {
+                    // Lost the leadership: the callers send their commands to the new leader
+                    // (with the same ids; one that did commit is found there).
+                    self.ready_term = None;
+                    self.resync();
+                    for job in decided.jobs {
+                        let _ = job.reply.send(fail_all(job.items.len(), &e));
+                    }
+                    return Err(Vec::new());
+                }
                 let conflict = matches!(e, StoreError::Conflict { .. });
                 let transient = match &e {
                     StoreError::Database(db) => is_transient(db),
@@ -623,10 +844,83 @@ impl Writer {
         }
     }
 
+    /// Checks that this node leads. In a term it has not decided in yet, it first waits until
+    /// it has applied every entry committed before its leadership (the blank entry of its
+    /// term), so that no decision rests on a state older than the log.
+    async fn ensure_leading(&mut self) -> Result<(), CommandError> {
+        let (term, leader, addr) = {
+            let m = self.raft.metrics().borrow().clone();
+            let addr = m.current_leader.and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            });
+            (m.current_term, m.current_leader, addr)
+        };
+        if leader != Some(self.id) {
+            self.ready_term = None;
+            return Err(CommandError::NotLeader { leader: addr });
+        }
+        if self.ready_term == Some(term) {
+            return Ok(());
+        }
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => {
+                self.resync();
+                self.ready_term = Some(term);
+                Ok(())
+            }
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+            )) => Err(CommandError::NotLeader {
+                leader: f.leader_node.map(|n| n.addr),
+            }),
+            Err(e) => Err(CommandError::Unavailable(format!("raft: {e}"))),
+        }
+    }
+
     /// Takes the state machine's applied state again (after a failed proposal).
     fn resync(&mut self) {
         self.state = self.applied.borrow().clone();
     }
+}
+
+/// Runs `f` on the commands whose metadata is valid and puts the others' errors in place.
+async fn with_valid_meta<F, Fut>(
+    items: Vec<(Command, CommandMeta)>,
+    f: F,
+) -> Vec<Result<Applied, CommandError>>
+where
+    F: FnOnce(Vec<(Command, CommandMeta)>) -> Fut,
+    Fut: std::future::Future<Output = Vec<Result<Applied, CommandError>>>,
+{
+    let mut out: Vec<Option<Result<Applied, CommandError>>> = Vec::with_capacity(items.len());
+    let mut valid = Vec::with_capacity(items.len());
+    for (cmd, meta) in items {
+        match check_meta(&meta) {
+            Ok(()) => {
+                out.push(None);
+                valid.push((cmd, meta));
+            }
+            Err(e) => out.push(Some(Err(e))),
+        }
+    }
+    let results = if valid.is_empty() {
+        Vec::new()
+    } else {
+        f(valid).await
+    };
+    let mut results = results.into_iter();
+    out.into_iter()
+        .map(|r| {
+            r.or_else(|| results.next()).unwrap_or_else(|| {
+                Err(CommandError::Internal(
+                    "the writer returned too few results".to_owned(),
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Refuses metadata PostgreSQL could not store or index: command ids are idempotency keys,
@@ -667,6 +961,9 @@ fn fail_all(n: usize, e: &StoreError) -> Vec<Result<Applied, CommandError>> {
         StoreError::Conflict { expected, actual } => CommandError::Conflict {
             expected: *expected,
             actual: *actual,
+        },
+        StoreError::NotLeader(leader) => CommandError::NotLeader {
+            leader: leader.clone(),
         },
         StoreError::Database(db) if is_transient(db) => {
             CommandError::Unavailable(format!("database: {e}"))

@@ -60,7 +60,7 @@ impl Rejection {
 }
 
 /// What a caller of `dispatch` gets back when a command does not apply.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum CommandError {
     #[error("{0}")]
     Invalid(String),

@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// Every command the control plane accepts.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     AddNode(nodes::AddNode),
     RemoveNode(nodes::RemoveNode),

@@ -11,7 +11,7 @@ use crate::domain::{Node, NodeId, NodeType};
 use crate::events::Event;
 
 /// Inventory AddNode, and the node part of RegisterNode and the management add flows.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct AddNode {
     pub node_type: Option<NodeType>,
     pub node_name: String,
@@ -148,7 +148,7 @@ pub(crate) fn create_node(
 }
 
 /// Inventory RemoveNode (and management UnregisterNode).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RemoveNode {
     pub node_id: NodeId,
     /// Cascade (`true`) or restrict (`false`).

@@ -10,7 +10,7 @@ use crate::domain::labels::Labels;
 use crate::domain::{AgentType, NodeId, NodeType, Sealed};
 
 /// RegisterNode's request.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RegisterNode {
     pub node_type: Option<NodeType>,
     pub node_name: String,

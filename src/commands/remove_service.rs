@@ -8,7 +8,7 @@ use crate::domain::{ServiceId, ServiceType};
 
 /// Management RemoveService's request: `service_id` holds an id or a name (PMM treats it as an
 /// id when it ends with a UUID).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RemoveManagedService {
     pub service_id_or_name: String,
     pub service_type: Option<ServiceType>,

@@ -11,7 +11,7 @@ use crate::domain::{NodeId, NodeType, Service, ServiceId, ServiceType};
 use crate::events::Event;
 
 /// Inventory AddService, and the service part of the management add flows.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct AddService {
     pub service_type: Option<ServiceType>,
     pub service_name: String,
@@ -166,7 +166,7 @@ pub(crate) fn create_service(
 
 /// Inventory ChangeService: only the standard labels and custom labels change. Absent fields
 /// keep their value; present ones (even empty) replace it; `custom_labels` replaces the map.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ChangeService {
     pub service_id: ServiceId,
     pub environment: Option<String>,
@@ -227,7 +227,7 @@ impl ChangeService {
 }
 
 /// Inventory RemoveService.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RemoveService {
     pub service_id: ServiceId,
     pub force: bool,

@@ -10,7 +10,7 @@ use crate::events::Event;
 use std::time::Duration;
 
 /// ChangeSettings' request. `None` keeps a value; zero durations keep it too (PMM's rule).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ChangeSettings {
     pub enable_updates: Option<bool>,
     pub enable_telemetry: Option<bool>,

@@ -11,7 +11,13 @@
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod service;
 pub mod state_machine;
+
+/// The internal gRPC protocol (`proto/pmmcp/cluster/v1/cluster.proto`).
+pub mod proto {
+    tonic::include_proto!("pmmcp.cluster.v1");
+}
 
 use crate::store::Batch;
 use crate::store::log::Positions;

@@ -28,6 +28,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Codec(#[from] crate::events::codec::CodecError),
+    /// This node no longer leads; the leader's address when known. Whether the proposal
+    /// commits is decided by the new leader.
+    #[error("not the leader")]
+    NotLeader(Option<String>),
     /// A bug or a panic in the storage path; the batch was not appended.
     #[error("internal: {0}")]
     Internal(String),

@@ -1,0 +1,116 @@
+//! `pmm-cp cluster`: status and membership operations through any node's internal service.
+
+use crate::config::{ClusterCliArgs, ClusterOp};
+use crate::raft::network::endpoint;
+use crate::raft::proto::cluster_client::ClusterClient;
+use crate::raft::proto::{
+    AddLearnerRequest, ChangeMembershipRequest, InitRequest, Member, NodeStatus, StatusRequest,
+    StatusResponse,
+};
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+/// Runs one cluster operation and prints the cluster's status after it.
+pub async fn run(args: ClusterCliArgs) -> anyhow::Result<()> {
+    let channel = endpoint(&args.addr)
+        .map_err(anyhow::Error::msg)?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    let mut client = ClusterClient::new(channel);
+    let answer = match args.op {
+        ClusterOp::Status => client.status(StatusRequest {}).await,
+        ClusterOp::Init { members } => {
+            let members = members
+                .into_iter()
+                .map(|(id, addr)| Member { id, addr })
+                .collect();
+            client.init(InitRequest { members }).await
+        }
+        ClusterOp::AddLearner { id, addr } => {
+            let member = Some(Member { id, addr });
+            client.add_learner(AddLearnerRequest { member }).await
+        }
+        ClusterOp::ChangeMembership { voters, retain } => {
+            client
+                .change_membership(ChangeMembershipRequest { voters, retain })
+                .await
+        }
+    };
+    let status = answer
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    if args.json {
+        println!("{}", status_json(&status));
+    } else {
+        print!("{}", status_table(&status));
+    }
+    Ok(())
+}
+
+fn member_json(m: &NodeStatus) -> Value {
+    json!({
+        "id": m.id,
+        "addr": m.addr,
+        "role": m.role,
+        "voter": m.voter,
+        "term": m.term,
+        "leader": m.leader,
+        "last_log_index": m.last_log_index,
+        "applied_index": m.applied_index,
+        "snapshot_index": m.snapshot_index,
+        "purged_index": m.purged_index,
+        "revision": m.revision,
+        "head_hash": m.head_hash,
+        "lag": m.lag,
+        "error": (!m.error.is_empty()).then_some(&m.error),
+    })
+}
+
+/// The status as JSON, for scripts.
+pub fn status_json(s: &StatusResponse) -> Value {
+    json!({
+        "leader": s.leader,
+        "term": s.term,
+        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+    })
+}
+
+/// The status as a table, for people.
+pub fn status_table(s: &StatusResponse) -> String {
+    let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_owned());
+    let mut rows = vec![
+        [
+            "ID", "ADDR", "ROLE", "VOTER", "TERM", "APPLIED", "LAG", "REVISION", "HEAD", "ERROR",
+        ]
+        .map(str::to_owned),
+    ];
+    for m in &s.members {
+        rows.push([
+            m.id.to_string(),
+            m.addr.clone(),
+            m.role.clone(),
+            if m.voter { "yes" } else { "no" }.to_owned(),
+            m.term.to_string(),
+            opt(m.applied_index),
+            opt(m.lag),
+            m.revision.to_string(),
+            m.head_hash.chars().take(12).collect(),
+            m.error.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..10)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!("leader: {}, term {}\n", opt(s.leader), s.term);
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

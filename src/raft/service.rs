@@ -1,0 +1,360 @@
+//! The internal gRPC services a node serves to its peers and to `pmm-cp cluster`: openraft's
+//! RPCs, commands forwarded to the leader, linearizable read indexes, and the cluster
+//! operations (init, add learner, change membership, status).
+
+use super::TypeConfig;
+use super::network::{MAX_MESSAGE, Peers, to_json};
+use super::proto::cluster_client::ClusterClient;
+use super::proto::cluster_server::{Cluster, ClusterServer};
+use super::proto::raft_peer_server::{RaftPeer, RaftPeerServer};
+use super::proto::{
+    AddLearnerRequest, ChangeMembershipRequest, ForwardRequest, ForwardResponse, InitRequest,
+    NodeStatus, RaftMessage, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, StatusRequest,
+    StatusResponse,
+};
+use crate::commands::dispatcher::{Dispatcher, MAX_FORWARDED};
+use crate::commands::{Command, CommandMeta};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::InstallSnapshotRequest;
+use openraft::{BasicNode, Raft};
+use serde::de::DeserializeOwned;
+use sqlx::PgPool;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+/// How long a member has to answer a status question.
+const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a membership change may take (a learner catching up included).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Both internal services of one node.
+#[derive(Clone)]
+pub struct Internal {
+    dispatcher: Dispatcher,
+    pool: PgPool,
+    peers: Peers,
+}
+
+impl Internal {
+    pub fn new(dispatcher: Dispatcher, pool: PgPool, peers: Peers) -> Self {
+        Self {
+            dispatcher,
+            pool,
+            peers,
+        }
+    }
+
+    fn raft(&self) -> &Raft<TypeConfig> {
+        self.dispatcher.raft()
+    }
+
+    /// The two tonic services, ready for a server.
+    pub fn services(self) -> (RaftPeerServer<Self>, ClusterServer<Self>) {
+        let raft = RaftPeerServer::new(self.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        (raft, ClusterServer::new(self))
+    }
+
+    /// Serves both on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        let (raft, cluster) = self.services();
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            // Backpressure: a bounded number of calls per connection at a time.
+            .concurrency_limit_per_connection(64)
+            .timeout(MEMBERSHIP_TIMEOUT)
+            .add_service(raft)
+            .add_service(cluster)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+    }
+
+    /// This node's status; `lag` is left for the caller.
+    async fn local_status(&self) -> NodeStatus {
+        let m = self.raft().metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let (revision, head_hash, error) =
+            match sqlx::query_as::<_, (i64, Vec<u8>)>("SELECT position, hash FROM log_head")
+                .fetch_one(&self.pool)
+                .await
+            {
+                Ok((p, h)) => (p, hex::encode(h), String::new()),
+                Err(e) => (0, String::new(), format!("reading the log head: {e}")),
+            };
+        NodeStatus {
+            id: m.id,
+            addr: membership
+                .get_node(&m.id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default(),
+            role: format!("{:?}", m.state),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            revision,
+            head_hash,
+            error,
+            lag: None,
+            voter: membership.voter_ids().any(|v| v == m.id),
+        }
+    }
+
+    /// The cluster as this node sees it: every member asked for its own status.
+    async fn cluster_status(&self) -> StatusResponse {
+        let m = self.raft().metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let me = m.id;
+        let mut asks = tokio::task::JoinSet::new();
+        for (&id, node) in membership.nodes() {
+            let this = self.clone();
+            let node = node.clone();
+            let voter = voters.contains(&id);
+            asks.spawn(async move {
+                let mut status = if id == me {
+                    this.local_status().await
+                } else {
+                    this.ask_status(id, &node.addr)
+                        .await
+                        .unwrap_or_else(|error| NodeStatus {
+                            id,
+                            addr: node.addr.clone(),
+                            role: "Unknown".to_owned(),
+                            error,
+                            ..NodeStatus::default()
+                        })
+                };
+                status.voter = voter;
+                status
+            });
+        }
+        let mut members: Vec<NodeStatus> = asks.join_all().await;
+        members.sort_by_key(|s| s.id);
+        if members.is_empty() {
+            members.push(self.local_status().await);
+        }
+        let leader_last = members
+            .iter()
+            .find(|s| Some(s.id) == m.current_leader && s.error.is_empty())
+            .and_then(|s| s.last_log_index);
+        for s in &mut members {
+            if let (Some(last), Some(applied)) = (leader_last, s.applied_index) {
+                s.lag = Some(last.saturating_sub(applied));
+            }
+        }
+        StatusResponse {
+            leader: m.current_leader,
+            term: m.current_term,
+            members,
+        }
+    }
+
+    async fn ask_status(&self, id: u64, addr: &str) -> Result<NodeStatus, String> {
+        let mut client = ClusterClient::new(self.peers.channel(id, addr)?);
+        let mut req = Request::new(StatusRequest {});
+        req.set_timeout(MEMBER_STATUS_TIMEOUT);
+        client
+            .node_status(req)
+            .await
+            .map(Response::into_inner)
+            .map_err(|s| format!("node {id} at {addr}: {}", s.message()))
+    }
+
+    /// The leader's cluster client, when another node leads.
+    fn leader_client(&self) -> Result<Option<ClusterClient<tonic::transport::Channel>>, Status> {
+        let m = self.raft().metrics().borrow().clone();
+        match m.current_leader {
+            None => Err(Status::unavailable("the cluster has no leader right now")),
+            Some(l) if l == m.id => Ok(None),
+            Some(l) => {
+                let addr = m
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+                    .ok_or_else(|| Status::unavailable(format!("leader {l} has no address")))?;
+                let channel = self.peers.channel(l, &addr).map_err(Status::unavailable)?;
+                Ok(Some(ClusterClient::new(channel)))
+            }
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(json: &[u8], what: &str) -> Result<T, Status> {
+    serde_json::from_slice(json).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
+}
+
+fn reply(json: Result<Vec<u8>, String>) -> Result<Response<RaftMessage>, Status> {
+    json.map(|json| Response::new(RaftMessage { json }))
+        .map_err(Status::internal)
+}
+
+fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Status::failed_precondition(format!(
+                "not the leader{}",
+                f.leader_node
+                    .map(|n| format!("; the leader is {}", n.addr))
+                    .unwrap_or_default()
+            ))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Status::failed_precondition(c.to_string())
+        }
+        RaftError::Fatal(f) => Status::unavailable(format!("raft stopped: {f}")),
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for Internal {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc = decode(&req.into_inner().json, "append entries")?;
+        reply(to_json(&self.raft().append_entries(rpc).await))
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc = decode(&req.into_inner().json, "vote")?;
+        reply(to_json(&self.raft().vote(rpc).await))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<SnapshotChunk>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let chunk = req.into_inner();
+        let rpc = InstallSnapshotRequest::<TypeConfig> {
+            vote: decode(&chunk.vote_json, "snapshot vote")?,
+            meta: decode(&chunk.meta_json, "snapshot meta")?,
+            offset: chunk.offset,
+            data: chunk.data,
+            done: chunk.done,
+        };
+        reply(to_json(&self.raft().install_snapshot(rpc).await))
+    }
+
+    async fn forward(
+        &self,
+        req: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let items: Vec<(Command, CommandMeta)> = decode(&req.into_inner().json, "commands")?;
+        if items.len() > MAX_FORWARDED {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_FORWARDED} commands in one call"
+            )));
+        }
+        let results = self.dispatcher.dispatch_here(items).await;
+        let json = to_json(&results).map_err(Status::internal)?;
+        Ok(Response::new(ForwardResponse { json }))
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        // After this the leader has applied everything committed before the call.
+        self.raft()
+            .ensure_linearizable()
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(ReadIndexResponse {
+            revision: self.dispatcher.state().revision,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for Internal {
+    async fn init(&self, req: Request<InitRequest>) -> Result<Response<StatusResponse>, Status> {
+        let members: BTreeMap<u64, BasicNode> = req
+            .into_inner()
+            .members
+            .into_iter()
+            .map(|m| (m.id, BasicNode::new(m.addr)))
+            .collect();
+        if members.is_empty() {
+            return Err(Status::invalid_argument("name at least one member"));
+        }
+        info!(?members, "initializing the cluster");
+        self.raft()
+            .initialize(members)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.raft()
+            .wait(Some(MEMBERSHIP_TIMEOUT))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(self.cluster_status().await))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<AddLearnerRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        if let Some(mut leader) = self.leader_client()? {
+            return leader.add_learner(req.into_inner()).await;
+        }
+        let member = req
+            .into_inner()
+            .member
+            .ok_or_else(|| Status::invalid_argument("member: required"))?;
+        if member.addr.is_empty() {
+            return Err(Status::invalid_argument("member.addr: required"));
+        }
+        info!(id = member.id, addr = %member.addr, "adding a learner");
+        self.raft()
+            .add_learner(member.id, BasicNode::new(member.addr), true)
+            .await
+            .map_err(write_error)?;
+        Ok(Response::new(self.cluster_status().await))
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<ChangeMembershipRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        if let Some(mut leader) = self.leader_client()? {
+            return leader.change_membership(req.into_inner()).await;
+        }
+        let req = req.into_inner();
+        let voters: BTreeSet<u64> = req.voters.into_iter().collect();
+        if voters.is_empty() {
+            return Err(Status::invalid_argument("voters: name at least one"));
+        }
+        info!(?voters, retain = req.retain, "changing the voters");
+        self.raft()
+            .change_membership(voters, req.retain)
+            .await
+            .map_err(write_error)?;
+        Ok(Response::new(self.cluster_status().await))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.cluster_status().await))
+    }
+
+    async fn node_status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<NodeStatus>, Status> {
+        Ok(Response::new(self.local_status().await))
+    }
+}
