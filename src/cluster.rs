@@ -1,14 +1,20 @@
 //! `pmm-cp cluster`: status and membership operations through any node's internal service.
 
+use crate::commands::dispatcher::Applied;
+use crate::commands::{Command, CommandError, CommandMeta};
 use crate::config::{ClusterCliArgs, ClusterOp};
-use crate::raft::network::endpoint;
+use crate::raft::network::{MAX_MESSAGE, endpoint};
+use crate::raft::proto::ForwardRequest;
 use crate::raft::proto::cluster_client::ClusterClient;
+use crate::raft::proto::raft_peer_client::RaftPeerClient;
 use crate::raft::proto::{
     AddLearnerRequest, ChangeMembershipRequest, InitRequest, Member, NodeStatus, StatusRequest,
     StatusResponse,
 };
 use anyhow::Context as _;
 use serde_json::{Value, json};
+use std::time::Duration;
+use tonic::transport::Channel;
 
 /// Runs one cluster operation and prints the cluster's status after it.
 pub async fn run(args: ClusterCliArgs) -> anyhow::Result<()> {
@@ -113,4 +119,38 @@ pub fn status_table(s: &StatusResponse) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A client that sends commands to one node's internal service; the node routes them to the
+/// leader. For tools, tests and benchmarks until the public API exists.
+#[derive(Clone)]
+pub struct CommandClient {
+    client: RaftPeerClient<Channel>,
+}
+
+impl CommandClient {
+    /// A client for the node at `addr` (connects on first use).
+    pub fn new(addr: &str) -> Result<Self, String> {
+        let channel = endpoint(addr)?.connect_lazy();
+        Ok(Self {
+            client: RaftPeerClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        })
+    }
+
+    /// Sends commands; one result per command, or the call's own failure.
+    pub async fn submit(
+        &mut self,
+        items: &[(Command, CommandMeta)],
+        timeout: Duration,
+    ) -> Result<Vec<Result<Applied, CommandError>>, tonic::Status> {
+        let json = serde_json::to_vec(items)
+            .map_err(|e| tonic::Status::invalid_argument(format!("encoding commands: {e}")))?;
+        let mut req = tonic::Request::new(ForwardRequest { json });
+        req.set_timeout(timeout);
+        let resp = self.client.submit(req).await?.into_inner();
+        serde_json::from_slice(&resp.json)
+            .map_err(|e| tonic::Status::internal(format!("undecodable results: {e}")))
+    }
 }

@@ -62,7 +62,6 @@ impl NodeConfig {
             snapshot_max_chunk_size: 1024 * 1024,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: self.keep_logs,
-            purge_batch_size: 256,
             max_payload_entries: 64,
             ..Config::default()
         }

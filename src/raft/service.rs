@@ -26,6 +26,8 @@ use tracing::info;
 
 /// How long a member has to answer a status question.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a cluster operation waits for a leader to be known.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// How long a membership change may take (a learner catching up included).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -171,8 +173,38 @@ impl Internal {
             .map_err(|s| format!("node {id} at {addr}: {}", s.message()))
     }
 
-    /// The leader's cluster client, when another node leads.
-    fn leader_client(&self) -> Result<Option<ClusterClient<tonic::transport::Channel>>, Status> {
+    /// Decides commands: on this node only (`route` false: a peer forwarded them), or routed
+    /// to the leader wherever it is.
+    async fn commands(
+        &self,
+        req: Request<ForwardRequest>,
+        route: bool,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let items: Vec<(Command, CommandMeta)> = decode(&req.into_inner().json, "commands")?;
+        if items.len() > MAX_FORWARDED {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_FORWARDED} commands in one call"
+            )));
+        }
+        let results = if route {
+            self.dispatcher.dispatch_batch(items).await
+        } else {
+            self.dispatcher.dispatch_here(items).await
+        };
+        let json = to_json(&results).map_err(Status::internal)?;
+        Ok(Response::new(ForwardResponse { json }))
+    }
+
+    /// The leader's cluster client, when another node leads. Waits a little for an election
+    /// (or for a new member to hear from its leader).
+    async fn leader_client(
+        &self,
+    ) -> Result<Option<ClusterClient<tonic::transport::Channel>>, Status> {
+        let _ = self
+            .raft()
+            .wait(Some(LEADER_WAIT))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await;
         let m = self.raft().metrics().borrow().clone();
         match m.current_leader {
             None => Err(Status::unavailable("the cluster has no leader right now")),
@@ -251,15 +283,14 @@ impl RaftPeer for Internal {
         &self,
         req: Request<ForwardRequest>,
     ) -> Result<Response<ForwardResponse>, Status> {
-        let items: Vec<(Command, CommandMeta)> = decode(&req.into_inner().json, "commands")?;
-        if items.len() > MAX_FORWARDED {
-            return Err(Status::invalid_argument(format!(
-                "at most {MAX_FORWARDED} commands in one call"
-            )));
-        }
-        let results = self.dispatcher.dispatch_here(items).await;
-        let json = to_json(&results).map_err(Status::internal)?;
-        Ok(Response::new(ForwardResponse { json }))
+        self.commands(req, false).await
+    }
+
+    async fn submit(
+        &self,
+        req: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        self.commands(req, true).await
     }
 
     async fn read_index(
@@ -306,7 +337,7 @@ impl Cluster for Internal {
         &self,
         req: Request<AddLearnerRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        if let Some(mut leader) = self.leader_client()? {
+        if let Some(mut leader) = self.leader_client().await? {
             return leader.add_learner(req.into_inner()).await;
         }
         let member = req
@@ -317,10 +348,28 @@ impl Cluster for Internal {
             return Err(Status::invalid_argument("member.addr: required"));
         }
         info!(id = member.id, addr = %member.addr, "adding a learner");
-        self.raft()
-            .add_learner(member.id, BasicNode::new(member.addr), true)
+        let id = member.id;
+        let added = self
+            .raft()
+            .add_learner(id, BasicNode::new(member.addr), false)
             .await
             .map_err(write_error)?;
+        // Caught up: the learner holds everything up to its own membership entry (openraft's
+        // blocking mode only waits until it is within `replication_lag_threshold`).
+        let upto = added.log_id.index;
+        self.raft()
+            .wait(Some(MEMBERSHIP_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|matched| matched.index >= upto)
+                },
+                "the learner to catch up",
+            )
+            .await
+            .map_err(|e| Status::deadline_exceeded(format!("node {id} did not catch up: {e}")))?;
         Ok(Response::new(self.cluster_status().await))
     }
 
@@ -328,7 +377,7 @@ impl Cluster for Internal {
         &self,
         req: Request<ChangeMembershipRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        if let Some(mut leader) = self.leader_client()? {
+        if let Some(mut leader) = self.leader_client().await? {
             return leader.change_membership(req.into_inner()).await;
         }
         let req = req.into_inner();

@@ -3,6 +3,8 @@
 //! and small command builders.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use pmmcp::commands::dispatcher::{Dispatcher, DispatcherConfig};
 use pmmcp::commands::nodes::AddNode;
 use pmmcp::commands::register_node::RegisterNode;
