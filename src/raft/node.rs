@@ -102,18 +102,28 @@ pub async fn start(
     )
     .await
     .map_err(|e| internal(&e))?;
-    if config.init_single && !raft.is_initialized().await.map_err(|e| internal(&e))? {
+    let initialized = raft.is_initialized().await.map_err(|e| internal(&e))?;
+    let alone = if !initialized && config.init_single {
         let members = BTreeMap::from([(config.id, BasicNode::new(config.addr.clone()))]);
         raft.initialize(members).await.map_err(|e| internal(&e))?;
-    }
+        true
+    } else if initialized {
+        // The stored membership reaches the metrics shortly after start.
+        raft.wait(Some(deadline))
+            .metrics(
+                |m| m.membership_config.membership().nodes().next().is_some(),
+                "the stored membership",
+            )
+            .await
+            .map_err(|e| internal(&e))?
+            .membership_config
+            .membership()
+            .voter_ids()
+            .eq([config.id])
+    } else {
+        false
+    };
     // A cluster of one elects itself: wait for it so that the node is ready for writes.
-    let alone = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .eq([config.id]);
     if alone {
         raft.wait(Some(deadline))
             .current_leader(config.id, "this node leads its cluster of one")

@@ -27,6 +27,12 @@ type Membership = StoredMembership<u64, BasicNode>;
 /// The state machine of one node: the domain state and log head it has applied.
 pub struct PgStateMachine {
     pool: PgPool,
+    /// Applies commit without waiting for their WAL flush (`synchronous_commit = off`): the
+    /// entries are already durable in the Raft log, and an apply lost in a crash is applied
+    /// again from it (its log id commits with it, so never twice). The next synchronous
+    /// commit on this server, such as the next log append, flushes it anyway. Snapshot
+    /// installs stay synchronous: they replace log entries that are purged.
+    apply_pool: PgPool,
     state: State,
     head: LogHead,
     last_applied: Option<LogId<u64>>,
@@ -54,8 +60,16 @@ impl PgStateMachine {
             .transpose()
             .map_err(bad)?;
         let (published, _) = watch::channel(state.clone());
+        let apply_options = (*pool.connect_options())
+            .clone()
+            .options([("synchronous_commit", "off")]);
+        let apply_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(30))
+            .connect_lazy_with(apply_options);
         Ok(Self {
             pool,
+            apply_pool,
             state,
             head,
             last_applied,
@@ -85,7 +99,7 @@ impl PgStateMachine {
         )
         .bind(applied)
         .bind(membership)
-        .execute(&self.pool)
+        .execute(&self.apply_pool)
         .await
         .map_err(|e| io(StorageIOError::write_state_machine, e))?;
         Ok(())
@@ -123,7 +137,7 @@ impl PgStateMachine {
                     membership: None,
                 };
                 let mut head = self.head.clone();
-                match store_log::append_applying(&self.pool, &mut head, &batch, &after, Some(&raft))
+                match store_log::append_applying(&self.apply_pool, &mut head, &batch, &after, Some(&raft))
                     .await
                 {
                     Ok(positions) => {
