@@ -41,6 +41,7 @@ pub async fn run(command: CliCommand) -> anyhow::Result<()> {
             with_database(&db, |pool| print_events(pool, args)).await
         }
         CliCommand::Bench(args) => crate::bench::run(args).await,
+        CliCommand::BenchCluster(args) => crate::bench_cluster::run(args).await,
         CliCommand::Cluster(args) => crate::cluster::run(args).await,
     }
 }

@@ -26,7 +26,7 @@ pub struct Figure {
     pub p99: Duration,
 }
 
-fn figure(total: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Figure {
+pub(crate) fn figure(total: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Figure {
     latencies.sort();
     let pct = |p: f64| {
         latencies
@@ -41,7 +41,7 @@ fn figure(total: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Figu
     }
 }
 
-fn median(mut figs: Vec<Figure>) -> Figure {
+pub(crate) fn median(mut figs: Vec<Figure>) -> Figure {
     figs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
     let mid = figs[figs.len() / 2];
     let mut p50: Vec<Duration> = figs.iter().map(|f| f.p50).collect();
@@ -56,14 +56,14 @@ fn median(mut figs: Vec<Figure>) -> Figure {
 }
 
 /// A scratch database on the benchmark server, dropped at the end.
-struct ScratchDb {
+pub(crate) struct ScratchDb {
     admin: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl ScratchDb {
-    async fn create(admin: &str, tag: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn create(admin: &str, tag: &str) -> anyhow::Result<Self> {
         let name = format!("pmmcp_bench_{}_{}", std::process::id(), tag);
         let mut conn = PgConnection::connect(admin)
             .await
@@ -89,7 +89,7 @@ impl ScratchDb {
         })
     }
 
-    async fn drop_db(self) -> anyhow::Result<()> {
+    pub(crate) async fn drop_db(self) -> anyhow::Result<()> {
         let mut conn = PgConnection::connect(&self.admin).await?;
         sqlx::query(AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -101,7 +101,7 @@ impl ScratchDb {
     }
 }
 
-fn add_node(i: usize) -> Command {
+pub(crate) fn add_node(i: usize) -> Command {
     Command::AddNode(AddNode {
         node_type: Some(NodeType::Generic),
         node_name: format!("bench-node-{i:08}"),
@@ -177,7 +177,7 @@ async fn baseline(url: &str, callers: usize, total: usize) -> anyhow::Result<Fig
 
 /// Runs `total` operations from `callers` concurrent tasks (each takes the next index until
 /// none is left) and measures throughput and per-operation latency.
-async fn drive<F, Fut>(callers: usize, total: usize, op: F) -> anyhow::Result<Figure>
+pub(crate) async fn drive<F, Fut>(callers: usize, total: usize, op: F) -> anyhow::Result<Figure>
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,

@@ -28,6 +28,9 @@ pub enum CliCommand {
     Events(EventsArgs),
     /// Cluster operations: status, init, add a learner, change the voters.
     Cluster(ClusterCliArgs),
+    /// Measure writes through a one-node and a three-node cluster beside a three-member etcd
+    /// cluster, at 1 and 64 concurrent clients.
+    BenchCluster(BenchClusterArgs),
     /// Measure dispatch throughput and latency, and rebuild speed, beside a raw PostgreSQL
     /// baseline on the same server.
     Bench(BenchArgs),
@@ -206,6 +209,26 @@ pub struct BenchArgs {
     /// Events in the log for the rebuild measurement.
     #[arg(long, default_value_t = 60_000)]
     pub rebuild_events: usize,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchClusterArgs {
+    /// An existing PostgreSQL server; every node gets its own scratch database there.
+    #[arg(
+        long,
+        env = "PMM_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+    /// The etcd server binary (Debian package etcd-server).
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    pub etcd_bin: PathBuf,
+    /// Writes per measured run.
+    #[arg(long, default_value_t = 3000)]
+    pub commands: usize,
     /// Repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,

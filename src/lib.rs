@@ -12,10 +12,12 @@
 //! - [`config`] and [`app`]: configuration (flags and environment) and the server's wiring.
 //! - [`raft`]: openraft over PostgreSQL, the gRPC network between nodes, cluster operations;
 //!   [`cluster`] is the `pmm-cp cluster` command.
-//! - [`bench`]: the benchmark behind `pmm-cp bench`.
+//! - [`bench`] and [`bench_cluster`]: the benchmarks behind `pmm-cp bench` and
+//!   `pmm-cp bench-cluster`.
 
 pub mod app;
 pub mod bench;
+pub mod bench_cluster;
 pub mod cluster;
 pub mod commands;
 pub mod config;
