@@ -47,6 +47,8 @@ pub struct DispatcherConfig {
     pub node_name: String,
     /// How many times a batch is re-decided after a stale-base conflict.
     pub conflict_retries: u32,
+    /// Most batches in Raft at once.
+    pub pipeline: usize,
 }
 
 impl Default for DispatcherConfig {
@@ -56,6 +58,7 @@ impl Default for DispatcherConfig {
             env: Arc::default(),
             node_name: "pmm-cp".to_owned(),
             conflict_retries: 3,
+            pipeline: 4,
         }
     }
 }
@@ -470,6 +473,11 @@ impl Decided {
 /// The result of an append task: the positions it wrote.
 type Landed = Result<Vec<Positions>, StoreError>;
 
+/// The result of a finished append task, a panic included.
+fn joined(r: Result<Landed, tokio::task::JoinError>) -> Landed {
+    r.unwrap_or_else(|e| Err(StoreError::Internal(format!("append task failed: {e}"))))
+}
+
 /// An append running while the writer decides the next batch.
 struct InFlight {
     task: tokio::task::JoinHandle<Landed>,
@@ -477,13 +485,15 @@ struct InFlight {
 }
 
 impl Writer {
-    /// The writer loop, pipelined: while one batch is being appended, the commands that
-    /// arrive are decided into the next batch, against the state with the batch in flight
-    /// folded in; it is appended as soon as the one ahead commits. If that one does not
-    /// commit, the next batch is decided again from the log's state.
+    /// The writer loop, pipelined: up to `pipeline` batches are in Raft at once, each decided
+    /// on the state with the ones ahead of it folded in. Commands that arrive meanwhile are
+    /// decided into the next batch, proposed as soon as there is room. Batches are proposed in
+    /// order, so each one's base is the end of the one before. If one is not appended, every
+    /// batch behind it is settled as it lands, and what did not land is decided again from the
+    /// applied state.
     async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let mut queue: VecDeque<Job> = VecDeque::new();
-        let mut in_flight: Option<InFlight> = None;
+        let mut flying: VecDeque<InFlight> = VecDeque::new();
         let mut next: Option<Decided> = None;
         let mut open = true;
         loop {
@@ -495,47 +505,20 @@ impl Writer {
                 }
             }
             if !queue.is_empty() {
-                self.decide_into(&mut next, &mut queue, in_flight.as_ref())
-                    .await;
-            }
-            if let Some(mut flight) = in_flight.take() {
-                let full = next
-                    .as_ref()
-                    .is_some_and(|n| n.isolated || n.slots.len() >= self.config.max_batch);
-                let landed = if open && !full {
-                    tokio::select! {
-                        landed = &mut flight.task => Some(landed),
-                        job = jobs.recv() => {
-                            match job {
-                                Some(job) => queue.push_back(job),
-                                None => open = false,
-                            }
-                            None
-                        }
-                    }
-                } else {
-                    Some((&mut flight.task).await)
-                };
-                let Some(landed) = landed else {
-                    in_flight = Some(flight);
-                    continue;
-                };
-                let landed = landed.unwrap_or_else(|e| {
-                    Err(StoreError::Internal(format!("append task failed: {e}")))
-                });
-                if let Err(retry) = self.land(flight.decided, landed).await {
-                    // The batch decided on top of it is void: decide both again, in order.
-                    let void = next.take().map(|n| n.jobs).unwrap_or_default();
-                    for job in retry.into_iter().chain(void).rev() {
-                        queue.push_front(job);
-                    }
-                    continue;
-                }
+                self.decide_into(&mut next, &mut queue, &flying).await;
             }
             match next.take() {
-                Some(n) if n.writes_nothing() => self.reply(n, Vec::new()),
-                Some(n) => in_flight = Some(self.launch(n)),
-                None if queue.is_empty() => {
+                // Results that write nothing rest on the state of the batches ahead: they
+                // are sent once those have landed.
+                Some(n) if n.writes_nothing() && flying.is_empty() => self.reply(n, Vec::new()),
+                Some(n) if !n.writes_nothing() && flying.len() < self.config.pipeline.max(1) => {
+                    flying.push_back(self.launch(n).await);
+                    continue;
+                }
+                other => next = other,
+            }
+            let Some(front) = flying.front_mut() else {
+                if queue.is_empty() {
                     if !open {
                         break;
                     }
@@ -544,7 +527,42 @@ impl Writer {
                         None => open = false,
                     }
                 }
-                None => {}
+                continue;
+            };
+            // Wait for the oldest batch to land, taking new jobs while the next has room.
+            let full = next
+                .as_ref()
+                .is_some_and(|n| n.isolated || n.slots.len() >= self.config.max_batch);
+            let landed = if open && !full {
+                tokio::select! {
+                    landed = &mut front.task => Some(landed),
+                    job = jobs.recv() => {
+                        match job {
+                            Some(job) => queue.push_back(job),
+                            None => open = false,
+                        }
+                        None
+                    }
+                }
+            } else {
+                Some((&mut front.task).await)
+            };
+            let Some(landed) = landed else { continue };
+            let Some(flight) = flying.pop_front() else {
+                continue;
+            };
+            if let Err(mut retry) = self.land(flight.decided, joined(landed)).await {
+                // The batches behind it were decided on its state: settle each as it lands.
+                while let Some(mut behind) = flying.pop_front() {
+                    let landed = joined((&mut behind.task).await);
+                    if let Err(more) = self.land(behind.decided, landed).await {
+                        retry.extend(more);
+                    }
+                }
+                let void = next.take().map(|n| n.jobs).unwrap_or_default();
+                for job in retry.into_iter().chain(void).rev() {
+                    queue.push_front(job);
+                }
             }
         }
         if let Err(e) = self.raft.shutdown().await {
@@ -560,20 +578,16 @@ impl Writer {
         &mut self,
         next: &mut Option<Decided>,
         queue: &mut VecDeque<Job>,
-        in_flight: Option<&InFlight>,
+        flying: &VecDeque<InFlight>,
     ) {
         if next.as_ref().is_some_and(|n| n.isolated) {
             return;
         }
-        let flying: HashSet<&str> = in_flight
-            .map(|f| {
-                f.decided
-                    .jobs
-                    .iter()
-                    .flat_map(|j| j.items.iter().map(|(_, m)| m.command_id.as_str()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let in_flight: HashSet<&str> = flying
+            .iter()
+            .flat_map(|f| &f.decided.jobs)
+            .flat_map(|j| j.items.iter().map(|(_, m)| m.command_id.as_str()))
+            .collect();
         let mut count = next.as_ref().map_or(0, |n| n.slots.len());
         let mut taken = Vec::new();
         let mut kept = VecDeque::new();
@@ -582,7 +596,7 @@ impl Writer {
             let repeats = job
                 .items
                 .iter()
-                .any(|(_, m)| flying.contains(m.command_id.as_str()));
+                .any(|(_, m)| in_flight.contains(m.command_id.as_str()));
             let fits =
                 count == 0 || (!job.isolate && count + job.items.len() <= self.config.max_batch);
             if repeats || isolated || !fits {
@@ -597,7 +611,7 @@ impl Writer {
         if taken.is_empty() {
             return;
         }
-        if in_flight.is_none()
+        if flying.is_empty()
             && next.is_none()
             && let Err(e) = self.ensure_leading().await
         {
@@ -625,10 +639,10 @@ impl Writer {
         let ahead = known
             .values()
             .any(|r| matches!(r, Recorded::Appended((_, last)) if *last > self.state.revision));
-        if ahead && in_flight.is_none() && next.is_none() {
+        if ahead && flying.is_empty() && next.is_none() {
             self.resync();
         }
-        let decided = next.get_or_insert_with(|| match in_flight {
+        let decided = next.get_or_insert_with(|| match flying.back() {
             Some(f) => Decided::new(f.decided.after.clone(), f.decided.end),
             None => Decided::new(self.state.clone(), self.state.revision),
         });
@@ -723,7 +737,7 @@ impl Writer {
     /// the position its decisions were made on; if the head is not there when it is applied
     /// (a batch ahead failed, a new leader), it is refused as stale on every node and decided
     /// again.
-    fn launch(&self, decided: Decided) -> InFlight {
+    async fn launch(&self, decided: Decided) -> InFlight {
         let batch = Batch {
             base_position: decided.base,
             recorded_at: decided.now,
@@ -731,10 +745,12 @@ impl Writer {
             items: decided.append.clone(),
             unappended: decided.unappended.clone(),
         };
-        let raft = self.raft.clone();
+        // Handed to Raft here, in order; the answer is awaited in its own task.
+        let proposed = self.raft.client_write_ff(batch).await;
         let task = tokio::spawn(async move {
-            match raft.client_write(batch).await {
-                Ok(written) => match written.data {
+            let rx = proposed.map_err(|e| StoreError::Internal(format!("raft: {e}")))?;
+            match rx.await {
+                Ok(Ok(written)) => match written.data {
                     Outcome::Appended(positions) => Ok(positions),
                     Outcome::Stale { base, head } => Err(StoreError::Conflict {
                         expected: base,
@@ -742,10 +758,11 @@ impl Writer {
                     }),
                     Outcome::Nothing => Ok(Vec::new()),
                 },
-                Err(openraft::error::RaftError::APIError(
-                    openraft::error::ClientWriteError::ForwardToLeader(f),
-                )) => Err(StoreError::NotLeader(f.leader_node.map(|n| n.addr))),
-                Err(e) => Err(StoreError::Internal(format!("raft: {e}"))),
+                Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                    Err(StoreError::NotLeader(f.leader_node.map(|n| n.addr)))
+                }
+                Ok(Err(e)) => Err(StoreError::Internal(format!("raft: {e}"))),
+                Err(_) => Err(StoreError::Internal("raft stopped".to_owned())),
             }
         });
         InFlight { task, decided }

@@ -137,8 +137,14 @@ impl PgStateMachine {
                     membership: None,
                 };
                 let mut head = self.head.clone();
-                match store_log::append_applying(&self.apply_pool, &mut head, &batch, &after, Some(&raft))
-                    .await
+                match store_log::append_applying(
+                    &self.apply_pool,
+                    &mut head,
+                    &batch,
+                    &after,
+                    Some(&raft),
+                )
+                .await
                 {
                     Ok(positions) => {
                         after.revision = head.position;
