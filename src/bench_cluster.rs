@@ -298,43 +298,33 @@ pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
     for callers in [1usize, 64] {
         let (mut etcd, mut three, mut one) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
-            etcd.push(etcd_run(&args.etcd_bin, run, callers, args.commands).await?);
-            three.push(
-                pmm_run(
-                    &args.database_url,
-                    &format!("c3_{callers}_{run}"),
-                    3,
-                    callers,
-                    args.commands,
-                )
-                .await?,
-            );
-            one.push(
-                pmm_run(
-                    &args.database_url,
-                    &format!("c1_{callers}_{run}"),
-                    1,
-                    callers,
-                    args.commands,
-                )
-                .await?,
-            );
+            if !args.no_etcd {
+                etcd.push(etcd_run(&args.etcd_bin, run, callers, args.commands).await?);
+            }
+            let tag = |n: usize| format!("c{n}_{callers}_{run}");
+            three.push(pmm_run(&args.database_url, &tag(3), 3, callers, args.commands).await?);
+            one.push(pmm_run(&args.database_url, &tag(1), 1, callers, args.commands).await?);
         }
-        let (e, t, o) = (median(etcd), median(three), median(one));
+        let e = (!etcd.is_empty()).then(|| median(etcd));
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        for (name, f) in [
+        let rows = [
             ("etcd, 3 members (Put)", e),
-            ("pmm-cp, 3 nodes (AddNode)", t),
-            ("pmm-cp, 1 node (AddNode)", o),
-        ] {
+            ("pmm-cp, 3 nodes (AddNode)", Some(median(three))),
+            ("pmm-cp, 1 node (AddNode)", Some(median(one))),
+        ];
+        for (name, f) in rows {
+            let Some(f) = f else { continue };
+            let ratio = e
+                .map(|e| format!("{:.2}x", f.ops_per_sec / e.ops_per_sec))
+                .unwrap_or_else(|| "-".to_owned());
             println!(
-                "{:<40} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>7.2}x",
+                "{:<40} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8}",
                 name,
                 callers,
                 f.ops_per_sec,
                 ms(f.p50),
                 ms(f.p99),
-                f.ops_per_sec / e.ops_per_sec
+                ratio
             );
         }
     }

@@ -232,4 +232,7 @@ pub struct BenchClusterArgs {
     /// Repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Skip etcd (its column is then empty); for profiling pmm-cp alone.
+    #[arg(long)]
+    pub no_etcd: bool,
 }
