@@ -295,7 +295,7 @@ pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
         "{:<40} {:>7} {:>10} {:>9} {:>9} {:>8}",
         "workload", "clients", "writes/s", "p50 ms", "p99 ms", "vs etcd"
     );
-    for callers in [1usize, 64] {
+    for &callers in &args.clients {
         let (mut etcd, mut three, mut one) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
             if !args.no_etcd {

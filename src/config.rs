@@ -235,4 +235,7 @@ pub struct BenchClusterArgs {
     /// Skip etcd (its column is then empty); for profiling pmm-cp alone.
     #[arg(long)]
     pub no_etcd: bool,
+    /// Concurrent clients of each measurement (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64])]
+    pub clients: Vec<usize>,
 }

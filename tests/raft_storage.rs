@@ -63,8 +63,9 @@ async fn applying_a_batch_appends_it_and_a_stale_one_is_refused_but_recorded() {
         items: vec![AppendItem::new(
             CommandMeta::with_id("boot", "system"),
             events,
-        )],
-        unappended: vec![],
+        )]
+        .into(),
+        unappended: Default::default(),
     };
     // Applied: appended, with the entry's log id recorded in the same transaction.
     let out = sm.apply([normal(1, batch.clone())]).await.expect("apply");
@@ -177,8 +178,8 @@ async fn a_cluster_of_one_commits_applies_and_resumes_after_a_restart() {
         base_position: base,
         recorded_at: pmmcp::domain::ids::truncate_to_micros(chrono::Utc::now()),
         decided_by: "node-1".to_owned(),
-        items: vec![AppendItem::new(CommandMeta::new("test"), events)],
-        unappended: vec![],
+        items: vec![AppendItem::new(CommandMeta::new("test"), events)].into(),
+        unappended: Default::default(),
     };
     let written = node
         .raft

@@ -490,7 +490,8 @@ fn one_node_batch(state: &pmmcp::domain::State, base: i64, name: &str) -> Batch 
         items: vec![AppendItem::new(
             CommandMeta::new("test"),
             pmmcp::commands::decide(state, &add_node(name), &ctx).expect("decides"),
-        )],
-        unappended: vec![],
+        )]
+        .into(),
+        unappended: Default::default(),
     }
 }

@@ -737,13 +737,14 @@ impl Writer {
     /// the position its decisions were made on; if the head is not there when it is applied
     /// (a batch ahead failed, a new leader), it is refused as stale on every node and decided
     /// again.
-    async fn launch(&self, decided: Decided) -> InFlight {
+    async fn launch(&self, mut decided: Decided) -> InFlight {
         let batch = Batch {
             base_position: decided.base,
             recorded_at: decided.now,
             decided_by: self.config.node_name.clone(),
-            items: decided.append.clone(),
-            unappended: decided.unappended.clone(),
+            // Not needed after this: the results come from the slots and the positions.
+            items: Arc::new(std::mem::take(&mut decided.append)),
+            unappended: Arc::new(std::mem::take(&mut decided.unappended)),
         };
         // Handed to Raft here, in order; the answer is awaited in its own task.
         let proposed = self.raft.client_write_ff(batch).await;

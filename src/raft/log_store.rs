@@ -205,17 +205,16 @@ async fn write_task(pool: PgPool, tail: Arc<RwLock<Tail>>, mut rx: mpsc::Unbound
 /// Writes the rows of several appends in one statement (so one transaction). A later row for
 /// an index wins: after a truncate, an index is written again.
 async fn write_appends(pool: &PgPool, batch: &[Append]) -> Result<(), String> {
-    let mut rows: BTreeMap<i64, &str> = BTreeMap::new();
+    let mut rows: BTreeMap<i64, &[u8]> = BTreeMap::new();
     for a in batch {
         for (i, doc) in &a.rows {
-            rows.insert(*i, doc);
+            rows.insert(*i, doc.as_bytes());
         }
     }
     let indexes: Vec<i64> = rows.keys().copied().collect();
-    let docs: Vec<&str> = rows.values().copied().collect();
+    let docs: Vec<&[u8]> = rows.values().copied().collect();
     sqlx::query(
-        "INSERT INTO raft_log (log_index, entry) \
-         SELECT i, d::jsonb FROM UNNEST($1::int8[], $2::text[]) AS u(i, d) \
+        "INSERT INTO raft_log (log_index, entry) SELECT * FROM UNNEST($1::int8[], $2::bytea[]) \
          ON CONFLICT (log_index) DO UPDATE SET entry = EXCLUDED.entry",
     )
     .bind(&indexes)
@@ -281,7 +280,7 @@ impl RaftLogReader<TypeConfig> for PgLogStore {
         if from_tail {
             return Ok(cached);
         }
-        let rows: Vec<Value> =
+        let rows: Vec<Vec<u8>> =
             sqlx::query_scalar("SELECT entry FROM raft_log WHERE log_index >= $1 AND log_index < $2 ORDER BY log_index")
                 .bind(start)
                 .bind(end)
@@ -291,7 +290,7 @@ impl RaftLogReader<TypeConfig> for PgLogStore {
         let mut entries = BTreeMap::new();
         for v in rows {
             let e: Entry<TypeConfig> =
-                serde_json::from_value(v).map_err(|e| io(StorageIOError::read_logs, e))?;
+                serde_json::from_slice(&v).map_err(|e| io(StorageIOError::read_logs, e))?;
             entries.insert(e.log_id.index, e);
         }
         // Entries still being written are only in the tail.
@@ -314,14 +313,13 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
                 last_log_id: Some(last),
             });
         }
-        let last: Option<Value> = sqlx::query_scalar(
-            "SELECT entry->'log_id' FROM raft_log ORDER BY log_index DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| io(StorageIOError::read_logs, e))?;
+        let last: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT entry FROM raft_log ORDER BY log_index DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| io(StorageIOError::read_logs, e))?;
         let last = last
-            .map(serde_json::from_value::<LogId<u64>>)
+            .map(|bytes| serde_json::from_slice::<Entry<TypeConfig>>(&bytes).map(|e| e.log_id))
             .transpose()
             .map_err(|e| io(StorageIOError::read_logs, e))?;
         Ok(LogState {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The head of the log as the single writer knows it: position, hash and each stream's
 /// last version (a persistent map: the writer clones the head for every batch, in O(1)).
@@ -77,10 +78,12 @@ pub struct Batch {
     pub recorded_at: Timestamp,
     /// The node that decided the batch (stored in each event's metadata).
     pub decided_by: String,
-    pub items: Vec<AppendItem>,
+    /// Shared, so that copies of the Raft entry (replication, the in-memory log tail) do not
+    /// copy the events.
+    pub items: Arc<Vec<AppendItem>>,
     /// Commands decided without events, recorded so a repeat of their id gets the same answer:
     /// `None` for a command that changed nothing, else its rejection.
-    pub unappended: Vec<(String, Option<Rejection>)>,
+    pub unappended: Arc<Vec<(String, Option<Rejection>)>>,
 }
 
 /// Positions written for one item: `first..=last`.
@@ -137,7 +140,7 @@ pub async fn append_applying(
     let mut positions = Vec::with_capacity(batch.items.len());
     let mut position = batch.base_position;
     let recorded_at_micros = batch.recorded_at.timestamp_micros();
-    for item in &batch.items {
+    for item in batch.items.iter() {
         if item.event_ids.len() != item.events.len() {
             return Err(StoreError::Internal(format!(
                 "command {} has {} events and {} event ids",
@@ -195,7 +198,7 @@ pub async fn append_applying(
     for (item, (first, last)) in batch.items.iter().zip(&positions) {
         results.push(&item.meta.command_id, Some((*first, *last)), None);
     }
-    for (id, rejection) in &batch.unappended {
+    for (id, rejection) in batch.unappended.iter() {
         results.push(id, None, rejection.as_ref());
     }
     let rows = query_tables::row_changes(after, &touched);
