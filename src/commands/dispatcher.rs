@@ -90,6 +90,8 @@ pub const MAX_FORWARDED: usize = 10_000;
 /// How long a command may look for a leader (elections, forwarding) before it fails as
 /// unavailable.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a new leader waits for a quorum to confirm it before deciding.
+const LEADERSHIP_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a forwarded call may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -218,11 +220,26 @@ impl Dispatcher {
             }
             let batch: Vec<_> = pending.iter().map(|&i| items[i].clone()).collect();
             let leader = self.leader();
-            let got = match &leader {
-                Some((id, _)) if *id == self.id => self.send_local(batch).await,
-                Some((id, addr)) => self.forward(*id, addr, batch).await,
-                None => vec![Err(CommandError::NotLeader { leader: None }); pending.len()],
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = async {
+                match &leader {
+                    Some((id, _)) if *id == self.id => self.send_local(batch).await,
+                    Some((id, addr)) => self.forward(*id, addr, batch, left).await,
+                    None => vec![Err(CommandError::NotLeader { leader: None }); pending.len()],
+                }
             };
+            // A leader cut off from its quorum never answers: the outcome is then unknown.
+            let got = tokio::time::timeout(left, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    vec![
+                        Err(CommandError::Unavailable(format!(
+                            "no answer within {ROUTE_TIMEOUT:?}; the command may still apply: \
+                         send it again with the same command id"
+                        )));
+                        pending.len()
+                    ]
+                });
             let mut again = false;
             for (i, r) in pending.into_iter().zip(got) {
                 again |= matches!(r, Err(CommandError::NotLeader { .. }));
@@ -271,6 +288,7 @@ impl Dispatcher {
         id: u64,
         addr: &str,
         items: Vec<(Command, CommandMeta)>,
+        timeout: Duration,
     ) -> Vec<Result<Applied, CommandError>> {
         let n = items.len();
         let not_leader = |why: String| {
@@ -293,7 +311,7 @@ impl Dispatcher {
             Err(e) => return not_leader(e),
         };
         let mut req = tonic::Request::new(ForwardRequest { json });
-        req.set_timeout(FORWARD_TIMEOUT);
+        req.set_timeout(timeout.min(FORWARD_TIMEOUT));
         let resp = match client.forward(req).await {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::InvalidArgument => {
@@ -883,7 +901,13 @@ impl Writer {
         if self.ready_term == Some(term) {
             return Ok(());
         }
-        match self.raft.ensure_linearizable().await {
+        let confirmed =
+            tokio::time::timeout(LEADERSHIP_CHECK_TIMEOUT, self.raft.ensure_linearizable()).await;
+        let Ok(confirmed) = confirmed else {
+            // No quorum answers: this leader may be cut off; let the caller look again.
+            return Err(CommandError::NotLeader { leader: None });
+        };
+        match confirmed {
             Ok(_) => {
                 self.resync();
                 self.ready_term = Some(term);
