@@ -212,3 +212,49 @@ async fn a_cluster_of_one_commits_applies_and_resumes_after_a_restart() {
     );
     node.raft.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_batch_repeating_a_recorded_command_id_is_refused_as_stale_and_the_node_goes_on() {
+    use openraft::storage::RaftStateMachine;
+    use pmmcp::commands::{Command, CommandMeta, Ctx, decide};
+    use pmmcp::domain::State;
+    use pmmcp::raft::Outcome;
+    use pmmcp::store::{AppendItem, Batch};
+
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let mut sm = PgStateMachine::open(pool.clone()).await.expect("open");
+    let now = pmmcp::domain::ids::truncate_to_micros(chrono::Utc::now());
+    // A deposed leader's entry recorded command "c1" as a no-op: the head did not move.
+    let noop = Batch {
+        base_position: 0,
+        recorded_at: now,
+        decided_by: "node-1".to_owned(),
+        items: Default::default(),
+        unappended: vec![("c1".to_owned(), None)].into(),
+    };
+    let out = sm.apply([normal(1, noop)]).await.expect("apply");
+    assert_eq!(out, [Outcome::Appended(vec![])]);
+    // The next leader decided "c1" before applying that entry: same base, events this time.
+    let events = decide(
+        &State::default(),
+        &Command::BootstrapServer(Default::default()),
+        &Ctx::fixed(chrono::Utc::now(), 9),
+    )
+    .expect("decides");
+    let repeat = Batch {
+        base_position: 0,
+        recorded_at: now,
+        decided_by: "node-2".to_owned(),
+        items: vec![AppendItem::new(CommandMeta::with_id("c1", "t"), events)].into(),
+        unappended: Default::default(),
+    };
+    let out = sm
+        .apply([normal(2, repeat)])
+        .await
+        .expect("refused, not failed");
+    assert_eq!(out, [Outcome::Stale { base: 0, head: 0 }]);
+    assert_eq!(count_events(&pool).await, 0);
+    let (applied, _) = sm.applied_state().await.expect("applied state");
+    assert_eq!(applied.map(|l| l.index), Some(2));
+}

@@ -267,7 +267,8 @@ impl Dispatcher {
             .map(|r| match r {
                 Some(Err(CommandError::NotLeader { leader })) => {
                     Err(CommandError::Unavailable(format!(
-                        "no leader took the command within {ROUTE_TIMEOUT:?}{}",
+                        "no leader confirmed the command within {ROUTE_TIMEOUT:?}{}; it may \
+                         still apply: send it again with the same command id",
                         leader
                             .map(|l| format!(" (last tried {l})"))
                             .unwrap_or_default()
@@ -314,10 +315,26 @@ impl Dispatcher {
         req.set_timeout(timeout.min(FORWARD_TIMEOUT));
         let resp = match client.forward(req).await {
             Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                return vec![Err(CommandError::Invalid(s.message().to_owned())); n];
+            Err(s) => {
+                let err = match s.code() {
+                    tonic::Code::InvalidArgument
+                    | tonic::Code::OutOfRange
+                    | tonic::Code::ResourceExhausted => {
+                        CommandError::Invalid(s.message().to_owned())
+                    }
+                    // The leader may have taken it: only the caller can send it again.
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                        CommandError::Unavailable(format!(
+                            "the leader {addr} did not answer in time; the command may still \
+                             apply: send it again with the same command id"
+                        ))
+                    }
+                    // Not reached, or not the leader any more: look for the leader again
+                    // (the command ids make a repeat harmless).
+                    _ => return not_leader(s.message().to_owned()),
+                };
+                return vec![Err(err); n];
             }
-            Err(s) => return not_leader(s.message().to_owned()),
         };
         match serde_json::from_slice::<Vec<Result<Applied, CommandError>>>(&resp.json) {
             Ok(r) if r.len() == n => r,
@@ -496,10 +513,30 @@ fn joined(r: Result<Landed, tokio::task::JoinError>) -> Landed {
     r.unwrap_or_else(|e| Err(StoreError::Internal(format!("append task failed: {e}"))))
 }
 
+/// Waits for a batch in Raft to land. If the term it was proposed in ends first, it is given
+/// up as not the leader's: openraft may never answer for it (a deposed leader's entry that a
+/// snapshot replaced), and it either committed in that term or never will. Its callers send
+/// their commands again, with the same ids, to the new leader, which decides only after
+/// applying every entry of earlier terms, so none applies twice.
+async fn settle(raft: &openraft::Raft<crate::raft::TypeConfig>, flight: &mut InFlight) -> Landed {
+    let mut metrics = raft.metrics();
+    let term = flight.term;
+    tokio::select! {
+        biased;
+        landed = &mut flight.task => joined(landed),
+        ended = metrics.wait_for(|m| m.current_term != term) => match ended {
+            Ok(_) => Err(StoreError::NotLeader(None)),
+            Err(_) => Err(StoreError::Internal("raft stopped".to_owned())),
+        },
+    }
+}
+
 /// An append running while the writer decides the next batch.
 struct InFlight {
     task: tokio::task::JoinHandle<Landed>,
     decided: Decided,
+    /// The term it was proposed in: if the term changes before it lands, it is given up.
+    term: u64,
 }
 
 impl Writer {
@@ -522,18 +559,37 @@ impl Writer {
                     Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
             }
-            if !queue.is_empty() {
-                self.decide_into(&mut next, &mut queue, &flying).await;
-            }
-            match next.take() {
-                // Results that write nothing rest on the state of the batches ahead: they
-                // are sent once those have landed.
-                Some(n) if n.writes_nothing() && flying.is_empty() => self.reply(n, Vec::new()),
-                Some(n) if !n.writes_nothing() && flying.len() < self.config.pipeline.max(1) => {
-                    flying.push_back(self.launch(n).await);
-                    continue;
+            // Decisions are made in one term: once it is over, nothing more is decided or
+            // proposed until the batches in Raft are settled (or given up), and the next
+            // decision waits for the new term's leadership check.
+            let current = self.term_is_current();
+            if !current && flying.is_empty() {
+                self.ready_term = None;
+                self.resync();
+                if let Some(n) = next.take() {
+                    for job in n.jobs.into_iter().rev() {
+                        queue.push_front(job);
+                    }
                 }
-                other => next = other,
+            }
+            if current || flying.is_empty() {
+                if !queue.is_empty() {
+                    self.decide_into(&mut next, &mut queue, &flying).await;
+                }
+                match next.take() {
+                    // Results that write nothing rest on the state of the batches ahead: they
+                    // are sent once those have landed.
+                    Some(n) if n.writes_nothing() && flying.is_empty() => self.reply(n, Vec::new()),
+                    Some(n)
+                        if !n.writes_nothing()
+                            && flying.len() < self.config.pipeline.max(1)
+                            && self.term_is_current() =>
+                    {
+                        flying.push_back(self.launch(n).await);
+                        continue;
+                    }
+                    other => next = other,
+                }
             }
             let Some(front) = flying.front_mut() else {
                 if queue.is_empty() {
@@ -553,7 +609,7 @@ impl Writer {
                 .is_some_and(|n| n.isolated || n.slots.len() >= self.config.max_batch);
             let landed = if open && !full {
                 tokio::select! {
-                    landed = &mut front.task => Some(landed),
+                    landed = settle(&self.raft, front) => Some(landed),
                     job = jobs.recv() => {
                         match job {
                             Some(job) => queue.push_back(job),
@@ -563,16 +619,16 @@ impl Writer {
                     }
                 }
             } else {
-                Some((&mut front.task).await)
+                Some(settle(&self.raft, front).await)
             };
             let Some(landed) = landed else { continue };
             let Some(flight) = flying.pop_front() else {
                 continue;
             };
-            if let Err(mut retry) = self.land(flight.decided, joined(landed)).await {
+            if let Err(mut retry) = self.land(flight.decided, landed).await {
                 // The batches behind it were decided on its state: settle each as it lands.
                 while let Some(mut behind) = flying.pop_front() {
-                    let landed = joined((&mut behind.task).await);
+                    let landed = settle(&self.raft, &mut behind).await;
                     if let Err(more) = self.land(behind.decided, landed).await {
                         retry.extend(more);
                     }
@@ -784,7 +840,14 @@ impl Writer {
                 Err(_) => Err(StoreError::Internal("raft stopped".to_owned())),
             }
         });
-        InFlight { task, decided }
+        let term = self
+            .ready_term
+            .unwrap_or_else(|| self.raft.metrics().borrow().current_term);
+        InFlight {
+            task,
+            decided,
+            term,
+        }
     }
 
     /// Settles a batch whose append finished. On success the state and head move on and its
@@ -859,12 +922,17 @@ impl Writer {
                     },
                     ..a
                 }),
-                Slot::Appended(n) => Ok(Applied {
-                    command_id: id.clone(),
-                    positions: Some(positions[n]),
-                    revision,
-                    duplicate: false,
-                }),
+                Slot::Appended(n) => match positions.get(n) {
+                    Some(&p) => Ok(Applied {
+                        command_id: id.clone(),
+                        positions: Some(p),
+                        revision,
+                        duplicate: false,
+                    }),
+                    None => Err(CommandError::Internal(
+                        "the applied batch reported too few positions".to_owned(),
+                    )),
+                },
                 Slot::SameAs(j) => out[j].clone().map(|a| Applied {
                     duplicate: true,
                     ..a
@@ -920,6 +988,16 @@ impl Writer {
             }),
             Err(e) => Err(CommandError::Unavailable(format!("raft: {e}"))),
         }
+    }
+
+    /// True while this node leads in the term its decisions are made in (or has made none).
+    fn term_is_current(&self) -> bool {
+        let Some(term) = self.ready_term else {
+            return true;
+        };
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_term == term && m.current_leader == Some(self.id)
     }
 
     /// Takes the state machine's applied state again (after a failed proposal).

@@ -263,6 +263,9 @@ impl RaftLogReader<TypeConfig> for PgLogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SE> {
         let (start, end) = bounds(&range);
+        if start >= end {
+            return Ok(Vec::new());
+        }
         // From the tail when it holds the whole range (the usual case: replication).
         let (cached, from_tail) = {
             let t = self.tail.read().unwrap_or_else(|p| p.into_inner());

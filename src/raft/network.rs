@@ -112,6 +112,8 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
 /// openraft's network factory over [`Peers`].
 #[derive(Clone, Debug, Default)]
 pub struct GrpcNetwork {
+    /// This node's id.
+    pub id: u64,
     pub peers: Peers,
 }
 
@@ -120,6 +122,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
         Peer {
+            id: self.id,
             target,
             addr: node.addr.clone(),
             peers: self.peers.clone(),
@@ -129,6 +132,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 
 /// openraft's connection to one peer.
 pub struct Peer {
+    id: u64,
     target: u64,
     addr: String,
     peers: Peers,
@@ -169,7 +173,7 @@ impl Peer {
         match s.code() {
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {
                 action,
-                id: 0,
+                id: self.id,
                 target: self.target,
                 timeout: option.hard_ttl(),
             }),

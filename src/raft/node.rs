@@ -91,6 +91,7 @@ pub async fn start(
     let raft_config = config.raft_config().map_err(|e| internal(&e))?;
     let peers = Peers::new(config.faults.clone());
     let network = GrpcNetwork {
+        id: config.id,
         peers: peers.clone(),
     };
     let raft = Raft::new(

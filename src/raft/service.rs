@@ -28,8 +28,10 @@ use tracing::info;
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a cluster operation waits for a leader to be known.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
-/// How long a membership change may take (a learner catching up included).
+/// How long a membership change may take (a learner catching up included); the server's own
+/// limit on a call is a little longer, so the caller hears why it did not finish.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
+const CALL_TIMEOUT: Duration = Duration::from_secs(130);
 
 /// Both internal services of one node.
 #[derive(Clone)]
@@ -72,7 +74,7 @@ impl Internal {
         tonic::transport::Server::builder()
             // Backpressure: a bounded number of calls per connection at a time.
             .concurrency_limit_per_connection(64)
-            .timeout(MEMBERSHIP_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
             .add_service(raft)
             .add_service(cluster)
             .serve_with_incoming_shutdown(incoming, shutdown)

@@ -153,12 +153,33 @@ impl PgStateMachine {
                         self.published.send_replace(self.state.clone());
                         Outcome::Appended(positions)
                     }
+                    // A command id recorded since the batch was decided (by a leader of an
+                    // earlier term, as a no-op or a rejection, which do not move the head):
+                    // refused as stale, the same way on every node, and decided again.
+                    Err(e) if repeats_a_command_id(&e) => {
+                        self.record_applied(&log_id, None).await?;
+                        Outcome::Stale {
+                            base: batch.base_position,
+                            head: self.head.position,
+                        }
+                    }
                     Err(e) => return Err(io(StorageIOError::write_state_machine, e)),
                 }
             }
         };
         self.last_applied = Some(log_id);
         Ok(outcome)
+    }
+}
+
+/// True when an append failed only because one of its command ids is already recorded
+/// (nothing of it was written: the append is one statement).
+fn repeats_a_command_id(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            db.code().as_deref() == Some("23505") && db.constraint() == Some("command_results_pkey")
+        }
+        _ => false,
     }
 }
 
@@ -241,6 +262,8 @@ impl RaftSnapshotBuilder<TypeConfig> for PgSnapshotBuilder {
     }
 }
 
+/// Stores a snapshot unless a newer one is stored: a build that started before an install
+/// finished must not replace the installed (newer) snapshot.
 async fn save_snapshot(
     pool: &PgPool,
     meta: &SnapshotMeta<u64, BasicNode>,
@@ -250,7 +273,9 @@ async fn save_snapshot(
     let meta = serde_json::to_value(meta).map_err(|e| write(&e))?;
     sqlx::query(
         "INSERT INTO raft_snapshot (id, meta, data) VALUES (TRUE, $1, $2) \
-         ON CONFLICT (id) DO UPDATE SET meta = EXCLUDED.meta, data = EXCLUDED.data",
+         ON CONFLICT (id) DO UPDATE SET meta = EXCLUDED.meta, data = EXCLUDED.data \
+         WHERE coalesce((raft_snapshot.meta #>> '{last_log_id,index}')::bigint, -1) \
+            <= coalesce((EXCLUDED.meta #>> '{last_log_id,index}')::bigint, -1)",
     )
     .bind(meta)
     .bind(data)
