@@ -26,6 +26,8 @@ use tracing::info;
 
 /// How long a member has to answer a status question.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Metadata on a cluster operation a node forwarded to the leader.
+const FORWARDED: &str = "x-pmm-cp-forwarded";
 /// How long a cluster operation waits for a leader to be known.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// How long a membership change may take (a learner catching up included); the server's own
@@ -85,13 +87,17 @@ impl Internal {
     async fn local_status(&self) -> NodeStatus {
         let m = self.raft().metrics().borrow().clone();
         let membership = m.membership_config.membership();
+        let head = sqlx::query_as::<_, (i64, Vec<u8>)>("SELECT position, hash FROM log_head")
+            .fetch_one(&self.pool);
         let (revision, head_hash, error) =
-            match sqlx::query_as::<_, (i64, Vec<u8>)>("SELECT position, hash FROM log_head")
-                .fetch_one(&self.pool)
-                .await
-            {
-                Ok((p, h)) => (p, hex::encode(h), String::new()),
-                Err(e) => (0, String::new(), format!("reading the log head: {e}")),
+            match tokio::time::timeout(MEMBER_STATUS_TIMEOUT, head).await {
+                Ok(Ok((p, h))) => (p, hex::encode(h), String::new()),
+                Ok(Err(e)) => (0, String::new(), format!("reading the log head: {e}")),
+                Err(_) => (
+                    0,
+                    String::new(),
+                    "the database did not answer in time".to_owned(),
+                ),
             };
         NodeStatus {
             id: m.id,
@@ -340,7 +346,15 @@ impl Cluster for Internal {
         req: Request<AddLearnerRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         if let Some(mut leader) = self.leader_client().await? {
-            return leader.add_learner(req.into_inner()).await;
+            // Forwarded once at most: two nodes that each think the other leads must not
+            // bounce a call between them.
+            if req.metadata().contains_key(FORWARDED) {
+                return Err(Status::unavailable("the leader is changing; try again"));
+            }
+            let mut fwd = Request::new(req.into_inner());
+            fwd.metadata_mut()
+                .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            return leader.add_learner(fwd).await;
         }
         let member = req
             .into_inner()
@@ -380,7 +394,15 @@ impl Cluster for Internal {
         req: Request<ChangeMembershipRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         if let Some(mut leader) = self.leader_client().await? {
-            return leader.change_membership(req.into_inner()).await;
+            // Forwarded once at most: two nodes that each think the other leads must not
+            // bounce a call between them.
+            if req.metadata().contains_key(FORWARDED) {
+                return Err(Status::unavailable("the leader is changing; try again"));
+            }
+            let mut fwd = Request::new(req.into_inner());
+            fwd.metadata_mut()
+                .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            return leader.change_membership(fwd).await;
         }
         let req = req.into_inner();
         let voters: BTreeSet<u64> = req.voters.into_iter().collect();
