@@ -130,21 +130,10 @@ async fn print_events(pool: PgPool, args: EventsArgs) -> anyhow::Result<()> {
         limit: args.limit,
         stream_id: args.stream,
         event_types: args.event_types,
+        actor: None,
     };
     for e in store::log::read(&pool, &filter, Secrets::Redact).await? {
-        let line = serde_json::json!({
-            "position": e.position,
-            "stream_id": e.stream_id,
-            "stream_version": e.stream_version,
-            "event_id": e.event_id,
-            "event_type": e.event_type,
-            "schema_version": e.schema_version,
-            "payload": e.payload,
-            "metadata": e.metadata,
-            "recorded_at": e.recorded_at,
-            "hash": hex::encode(&e.hash),
-        });
-        println!("{line}");
+        println!("{}", e.to_json());
     }
     Ok(())
 }
@@ -232,6 +221,20 @@ pub async fn serve(
         database.pool.clone(),
         dispatcher.peers().clone(),
     );
+    let api_listener = TcpListener::bind(args.api_addr)
+        .await
+        .with_context(|| format!("binding the query API address {}", args.api_addr))?;
+    let api_addr = api_listener.local_addr()?;
+    let query = crate::api::router(crate::api::QueryApi {
+        pool: database.pool.clone(),
+        dispatcher: dispatcher.clone(),
+        internal: internal.clone(),
+    });
+    let api_task = tokio::spawn(
+        axum::serve(api_listener, query)
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
     let internal_task = tokio::spawn(internal.serve(raft_listener, stopped(stop_rx.clone())));
     let startup = startup_commands(dispatcher.clone(), env);
     if c.join {
@@ -248,7 +251,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     info!(%addr, %raft_addr, node_id = c.node_id, revision, key = %key_path.display(), data_dir = %args.db.data_dir.display(), "pmm-cp ready");
     println!(
-        "pmm-cp ready: debug http://{addr}/debug/health, internal {raft_addr}, node {}, revision {revision}",
+        "pmm-cp ready: query API http://{api_addr}/v1/query, debug http://{addr}/debug/health, internal {raft_addr}, node {}, revision {revision}",
         c.node_id
     );
     let router = crate::app::debug_router(dispatcher.clone());
@@ -257,6 +260,11 @@ pub async fn serve(
         .await
         .context("debug endpoint")?;
     info!("shutting down");
+    match api_task.await {
+        Ok(Err(e)) => warn!(error = %e, "query API"),
+        Err(e) => warn!(error = %e, "query API task"),
+        Ok(Ok(())) => {}
+    }
     match internal_task.await {
         Ok(Err(e)) => warn!(error = %e, "internal service"),
         Err(e) => warn!(error = %e, "internal service task"),

@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Debug and health HTTP endpoint (PMM's debug port).
     #[arg(long, env = "PMM_CP_DEBUG_ADDR", default_value = "127.0.0.1:7773")]
     pub debug_addr: SocketAddr,
+    /// The query API (REST): inventory, settings, cluster status, event history. It has no
+    /// authentication yet: keep it on loopback.
+    #[arg(long, env = "PMM_CP_API_ADDR", default_value = "127.0.0.1:7772")]
+    pub api_addr: SocketAddr,
     /// Most commands appended in one transaction.
     #[arg(long, env = "PMM_CP_MAX_BATCH", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_batch: u32,

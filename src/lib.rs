@@ -15,6 +15,7 @@
 //! - [`bench`] and [`bench_cluster`]: the benchmarks behind `pmm-cp bench` and
 //!   `pmm-cp bench-cluster`.
 
+pub mod api;
 pub mod app;
 pub mod bench;
 pub mod bench_cluster;

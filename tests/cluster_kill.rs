@@ -46,6 +46,8 @@ impl Proc {
             .args([
                 "--debug-addr",
                 "127.0.0.1:0",
+                "--api-addr",
+                "127.0.0.1:0",
                 "--node-name",
                 &format!("node-{}", self.id),
             ])

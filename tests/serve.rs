@@ -45,6 +45,7 @@ fn args(data_dir: &Path, database_url: Option<String>) -> ServeArgs {
         cluster_key_file: None,
         node_name: "test-node".to_owned(),
         debug_addr: "127.0.0.1:0".parse().expect("addr"),
+        api_addr: "127.0.0.1:0".parse().expect("addr"),
         max_batch: 512,
         db_connections: 4,
         cluster: ClusterArgs {

@@ -121,7 +121,7 @@ impl Internal {
     }
 
     /// The cluster as this node sees it: every member asked for its own status.
-    async fn cluster_status(&self) -> StatusResponse {
+    pub async fn cluster_status(&self) -> StatusResponse {
         let m = self.raft().metrics().borrow().clone();
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();

@@ -396,6 +396,8 @@ pub struct ReadFilter {
     pub stream_id: Option<String>,
     /// Empty means every type.
     pub event_types: Vec<String>,
+    /// Only events of commands sent by this actor.
+    pub actor: Option<String>,
 }
 
 /// An event as stored.
@@ -425,6 +427,25 @@ impl StoredEvent {
     }
 }
 
+impl StoredEvent {
+    /// The event as shown to people and auditors (CLI, query API): the hash in hex, the
+    /// previous hash left out (it is the previous event's hash).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "position": self.position,
+            "stream_id": self.stream_id,
+            "stream_version": self.stream_version,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "schema_version": self.schema_version,
+            "payload": self.payload,
+            "metadata": self.metadata,
+            "recorded_at": self.recorded_at,
+            "hash": hex::encode(&self.hash),
+        })
+    }
+}
+
 /// Reads a page of events in position order.
 pub async fn read(
     pool: &PgPool,
@@ -437,6 +458,7 @@ pub async fn read(
          payload, metadata, recorded_at, prev_hash, hash FROM events \
          WHERE position > $1 AND ($2::text IS NULL OR stream_id = $2) \
          AND (cardinality($3::text[]) = 0 OR event_type = ANY($3)) \
+         AND ($5::text IS NULL OR metadata->>'actor' = $5) \
          ORDER BY position LIMIT $4",
     )
     // Planned per call with its own filters, so a stream filter uses the stream index.
@@ -445,6 +467,7 @@ pub async fn read(
     .bind(&filter.stream_id)
     .bind(&filter.event_types)
     .bind(limit)
+    .bind(&filter.actor)
     .fetch_all(pool)
     .await?;
     rows.into_iter()
