@@ -4,8 +4,8 @@
 //! `x-pmm-revision` header; `min_revision` waits (bounded) until this node has applied it, and
 //! `consistency=linearizable` first confirms the latest committed revision with the leader.
 //!
-//! Reads come from the query tables, in one REPEATABLE READ transaction that also reads the
-//! log head, so rows and revision match. Agent rows are the redacted `details`: no secret,
+//! Reads come from the query tables, each in one statement that also reads the log head, so
+//! rows, totals and revision come from one snapshot (and one round trip). Agent rows are the redacted `details`: no secret,
 //! not even sealed, leaves through here.
 
 use crate::commands::CommandError;
@@ -272,20 +272,6 @@ fn enum_filter(value: &Option<String>, prefix: &str, suffix: &str) -> Option<Str
     Some(v.to_ascii_lowercase())
 }
 
-/// A read-only transaction that sees one moment, and the revision (log head) of that moment.
-async fn snapshot(pool: &PgPool) -> Result<(sqlx::Transaction<'static, Postgres>, i64), ApiError> {
-    let mut tx = pool.begin().await.map_err(ApiError::internal)?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
-    let revision: i64 = sqlx::query_scalar("SELECT position FROM log_head")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok((tx, revision))
-}
-
 async fn list(
     api: &QueryApi,
     spec: &ListSpec,
@@ -316,39 +302,47 @@ async fn list(
             (*c, desc)
         }
     };
-    let (mut tx, revision) = snapshot(&api.pool).await?;
-    let where_clause = |qb: &mut QueryBuilder<Postgres>| {
-        qb.push(" WHERE TRUE");
+    // One statement, so one snapshot: the rows, the total and the revision agree, in one
+    // round trip.
+    let order = format!(
+        "t.{column} {dir}, t.{id} {dir}",
+        dir = if desc { "DESC" } else { "ASC" },
+        id = spec.id
+    );
+    let mut qb: QueryBuilder<Postgres> =
+        QueryBuilder::new("SELECT (SELECT position FROM log_head), (SELECT count(*) FROM ");
+    let push_filters = |qb: &mut QueryBuilder<Postgres>| {
         for (expr, value) in &filters {
             qb.push(format!(" AND {expr} = "));
             qb.push_bind(value.clone());
         }
     };
-    let mut count: QueryBuilder<Postgres> =
-        QueryBuilder::new(format!("SELECT count(*) FROM {} t", spec.table));
-    where_clause(&mut count);
-    let total: i64 = count
-        .build_query_scalar()
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
-    let mut rows: QueryBuilder<Postgres> =
-        QueryBuilder::new(format!("SELECT {} FROM {} t", spec.row, spec.table));
-    where_clause(&mut rows);
-    rows.push(format!(
-        " ORDER BY t.{column} {dir}, t.{id} {dir} LIMIT ",
-        dir = if desc { "DESC" } else { "ASC" },
+    qb.push(format!("{} t WHERE TRUE", spec.table));
+    push_filters(&mut qb);
+    // The page's ids first (an index scan when sorted by an indexed column), then the JSON of
+    // those rows only, in the page's order.
+    qb.push(format!(
+        "), coalesce((SELECT jsonb_agg({row} ORDER BY page.n) FROM unnest(ARRAY(\
+         SELECT t.{id} FROM {table} t WHERE TRUE",
+        row = spec.row,
+        id = spec.id,
+        table = spec.table
+    ));
+    push_filters(&mut qb);
+    qb.push(format!(" ORDER BY {order} LIMIT "));
+    qb.push_bind(limit);
+    qb.push(" OFFSET ");
+    qb.push_bind(offset);
+    qb.push(format!(
+        ")) WITH ORDINALITY AS page(pid, n) JOIN {table} t ON t.{id} = page.pid), '[]'::jsonb)",
+        table = spec.table,
         id = spec.id
     ));
-    rows.push_bind(limit);
-    rows.push(" OFFSET ");
-    rows.push_bind(offset);
-    let items: Vec<Value> = rows
-        .build_query_scalar()
-        .fetch_all(&mut *tx)
+    let (revision, total, items): (i64, i64, Value) = qb
+        .build_query_as()
+        .fetch_one(&api.pool)
         .await
         .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
     Ok(at_revision(
         revision,
         json!({ "total": total, "limit": limit, "offset": offset, spec.key: items }),
@@ -363,17 +357,16 @@ async fn get_one(
     what: &str,
 ) -> Result<Response, ApiError> {
     api.ready(c).await?;
-    let (mut tx, revision) = snapshot(&api.pool).await?;
+    // One statement: the row and the revision from one snapshot.
     let sql = format!(
-        "SELECT {} FROM {} t WHERE t.{} = $1",
+        "SELECT (SELECT position FROM log_head), (SELECT {} FROM {} t WHERE t.{} = $1)",
         spec.row, spec.table, spec.id
     );
-    let row: Option<Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+    let (revision, row): (i64, Option<Value>) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&api.pool)
         .await
         .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
     match row {
         Some(item) => Ok(at_revision(revision, json!({ what: item }))),
         None => Err(ApiError::not_found(format!(
@@ -482,12 +475,11 @@ async fn get_settings(
 ) -> Result<Response, ApiError> {
     let Query(c) = q?;
     api.ready(&c).await?;
-    let (mut tx, revision) = snapshot(&api.pool).await?;
-    let settings: Value = sqlx::query_scalar("SELECT settings FROM settings")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    let (revision, settings): (i64, Value) =
+        sqlx::query_as("SELECT (SELECT position FROM log_head), settings FROM settings")
+            .fetch_one(&api.pool)
+            .await
+            .map_err(ApiError::internal)?;
     Ok(at_revision(revision, json!({ "settings": settings })))
 }
 

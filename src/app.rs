@@ -42,6 +42,7 @@ pub async fn run(command: CliCommand) -> anyhow::Result<()> {
         }
         CliCommand::Bench(args) => crate::bench::run(args).await,
         CliCommand::BenchCluster(args) => crate::bench_cluster::run(args).await,
+        CliCommand::BenchApi(args) => crate::bench_api::run(args).await,
         CliCommand::Cluster(args) => crate::cluster::run(args).await,
     }
 }

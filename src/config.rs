@@ -31,6 +31,8 @@ pub enum CliCommand {
     /// Measure writes through a one-node and a three-node cluster beside a three-member etcd
     /// cluster, at 1 and 64 concurrent clients.
     BenchCluster(BenchClusterArgs),
+    /// Measure the query API with wrk, beside the health endpoint.
+    BenchApi(BenchApiArgs),
     /// Measure dispatch throughput and latency, and rebuild speed, beside a raw PostgreSQL
     /// baseline on the same server.
     Bench(BenchArgs),
@@ -242,4 +244,27 @@ pub struct BenchClusterArgs {
     /// Concurrent clients of each measurement (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64])]
     pub clients: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchApiArgs {
+    /// An existing PostgreSQL server; the benchmark creates and drops its databases there.
+    #[arg(
+        long,
+        env = "PMM_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+    /// The wrk binary (Debian package wrk).
+    #[arg(long, default_value = "/usr/bin/wrk")]
+    pub wrk_bin: PathBuf,
+    /// Inventory sizes to measure (comma-separated numbers of services).
+    #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 10_000])]
+    pub services: Vec<usize>,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
 }

@@ -12,12 +12,14 @@
 //! - [`config`] and [`app`]: configuration (flags and environment) and the server's wiring.
 //! - [`raft`]: openraft over PostgreSQL, the gRPC network between nodes, cluster operations;
 //!   [`cluster`] is the `pmm-cp cluster` command.
-//! - [`bench`] and [`bench_cluster`]: the benchmarks behind `pmm-cp bench` and
-//!   `pmm-cp bench-cluster`.
+//! - [`api`]: the query API (REST).
+//! - [`bench`], [`bench_cluster`] and [`bench_api`]: the benchmarks behind `pmm-cp bench`,
+//!   `pmm-cp bench-cluster` and `pmm-cp bench-api`.
 
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod bench_api;
 pub mod bench_cluster;
 pub mod cluster;
 pub mod commands;
