@@ -334,19 +334,29 @@ async fn list(
     qb.push(" OFFSET ");
     qb.push_bind(offset);
     qb.push(format!(
-        ")) WITH ORDINALITY AS page(pid, n) JOIN {table} t ON t.{id} = page.pid), '[]'::jsonb)",
+        ")) WITH ORDINALITY AS page(pid, n) JOIN {table} t ON t.{id} = page.pid), '[]'::jsonb)::text",
         table = spec.table,
         id = spec.id
     ));
-    let (revision, total, items): (i64, i64, Value) = qb
+    // The page arrives as JSON text and goes out as is: no parse and re-encode here.
+    let (revision, total, items): (i64, i64, String) = qb
         .build_query_as()
         .fetch_one(&api.pool)
         .await
         .map_err(ApiError::internal)?;
-    Ok(at_revision(
-        revision,
-        json!({ "total": total, "limit": limit, "offset": offset, spec.key: items }),
-    ))
+    let body = format!(
+        r#"{{"total":{total},"limit":{limit},"offset":{offset},"{key}":{items},"revision":{revision}}}"#,
+        key = spec.key
+    );
+    let mut resp = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&revision.to_string()) {
+        resp.headers_mut().insert(REVISION_HEADER, v);
+    }
+    Ok(resp)
 }
 
 async fn get_one(
