@@ -4,17 +4,23 @@
 //! `x-pmm-revision` header; `min_revision` waits (bounded) until this node has applied it, and
 //! `consistency=linearizable` first confirms the latest committed revision with the leader.
 //!
+//! Every call needs `Authorization: Bearer <token>`: viewers (and admins) read the inventory,
+//! settings and cluster; auditors (and admins) the history and chain; admins the tokens.
+//!
 //! Reads come from the query tables, each in one statement that also reads the log head, so
 //! rows, totals and revision come from one snapshot (and one round trip). Agent rows are the redacted `details`: no secret,
 //! not even sealed, leaves through here.
 
 use crate::commands::CommandError;
 use crate::commands::dispatcher::Dispatcher;
+use crate::domain::Role;
+use crate::domain::token::token_hash;
 use crate::raft::service::Internal;
 use crate::store::{self, ReadFilter, Secrets};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -39,9 +45,13 @@ pub struct QueryApi {
     pub internal: Internal,
 }
 
-/// The query API's routes.
+/// The query API's routes, each behind the roles that may call it: inventory, settings and
+/// cluster for viewers, history and chain for auditors, tokens for admins (who may call all).
 pub fn router(api: QueryApi) -> Router {
-    Router::new()
+    const VIEW: &[Role] = &[Role::Admin, Role::Viewer];
+    const AUDIT: &[Role] = &[Role::Admin, Role::Auditor];
+    const ADMIN: &[Role] = &[Role::Admin];
+    let inventory = Router::new()
         .route("/v1/query/nodes", get(list_nodes))
         .route("/v1/query/nodes/{id}", get(get_node))
         .route("/v1/query/services", get(list_services))
@@ -50,10 +60,75 @@ pub fn router(api: QueryApi) -> Router {
         .route("/v1/query/agents/{id}", get(get_agent))
         .route("/v1/query/settings", get(get_settings))
         .route("/v1/query/cluster", get(cluster))
+        .route_layer(middleware::from_fn_with_state((api.clone(), VIEW), require));
+    let history = Router::new()
         .route("/v1/query/events", get(events))
         .route("/v1/query/chain", get(chain_head))
         .route("/v1/query/chain:verify", post(verify))
-        .with_state(api)
+        .route_layer(middleware::from_fn_with_state(
+            (api.clone(), AUDIT),
+            require,
+        ));
+    let tokens = Router::new()
+        .route("/v1/query/tokens", get(list_tokens))
+        .route_layer(middleware::from_fn_with_state(
+            (api.clone(), ADMIN),
+            require,
+        ));
+    inventory.merge(history).merge(tokens).with_state(api)
+}
+
+/// Lets a request through when it carries a bearer token of one of `roles`: 401 without a
+/// valid token, 403 with a token of another role.
+async fn require(
+    State((api, roles)): State<(QueryApi, &'static [Role])>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match authorize(&api.dispatcher.state(), req.headers(), roles) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Checks the bearer token in `headers` against the tokens in `state`.
+pub fn authorize(
+    state: &crate::domain::State,
+    headers: &HeaderMap,
+    roles: &[Role],
+) -> Result<(), ApiError> {
+    let unauthenticated = |message: &str| ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        error: "Unauthenticated",
+        message: message.to_owned(),
+    };
+    let secret = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| unauthenticated("a bearer token is required (Authorization: Bearer ...)"))?;
+    let token = state
+        .token_by_hash(&token_hash(secret))
+        .ok_or_else(|| unauthenticated("the token is not valid (unknown or revoked)"))?;
+    if roles.contains(&token.role) {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            error: "PermissionDenied",
+            message: format!(
+                "a {} token may not call this; it needs one of: {}",
+                token.role.as_str(),
+                roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+    }
 }
 
 /// An error answer: `{error, message}` with the matching HTTP status.
@@ -99,7 +174,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "error": self.error, "message": self.message }));
-        (self.status, body).into_response()
+        let mut resp = (self.status, body).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
 }
 
@@ -555,6 +637,23 @@ async fn events(State(api): State<QueryApi>, q: Params<EventParams>) -> Result<R
         revision,
         json!({ "events": events, "next_after": next_after }),
     ))
+}
+
+async fn list_tokens(State(api): State<QueryApi>) -> Result<Response, ApiError> {
+    let state = api.dispatcher.state();
+    let tokens: Vec<Value> = state
+        .tokens
+        .values()
+        .map(|t| {
+            json!({
+                "token_id": t.token_id,
+                "name": t.name,
+                "role": t.role,
+                "created_at": t.created_at,
+            })
+        })
+        .collect();
+    Ok(at_revision(state.revision, json!({ "tokens": tokens })))
 }
 
 async fn chain_head(State(api): State<QueryApi>) -> Result<Response, ApiError> {

@@ -44,6 +44,7 @@ pub async fn run(command: CliCommand) -> anyhow::Result<()> {
         CliCommand::BenchCluster(args) => crate::bench_cluster::run(args).await,
         CliCommand::BenchApi(args) => crate::bench_api::run(args).await,
         CliCommand::Cluster(args) => crate::cluster::run(args).await,
+        CliCommand::Token(args) => crate::cluster::token(args).await,
     }
 }
 
@@ -247,6 +248,7 @@ pub async fn serve(
         });
     } else {
         startup.await?;
+        ensure_admin_token(&dispatcher, &args.db.data_dir).await?;
     }
     let revision = dispatcher.state().revision;
     let addr = listener.local_addr()?;
@@ -278,6 +280,64 @@ pub async fn serve(
     }
     database.close().await?;
     info!("stopped");
+    Ok(())
+}
+
+/// The command id of the first admin token: the first node to record it wins.
+pub const ADMIN_TOKEN_COMMAND_ID: &str = "bootstrap-admin-token";
+
+/// On a cluster with no admin token, creates one and writes its secret to
+/// `<data-dir>/admin.token` (mode 0600). The secret is written before the token is recorded, so
+/// a crash in between leaves no recorded token whose secret is lost.
+async fn ensure_admin_token(
+    dispatcher: &Dispatcher,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use crate::domain::Role;
+    use crate::domain::token::{new_token_secret, token_hash};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = data_dir.join("admin.token");
+    if dispatcher
+        .state()
+        .tokens
+        .values()
+        .any(|t| t.role == Role::Admin)
+    {
+        return Ok(());
+    }
+    let secret = new_token_secret();
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(f, "{secret}")?;
+        f.sync_all()?;
+    }
+    let create = Command::CreateToken(crate::commands::tokens::CreateToken {
+        name: "admin".to_owned(),
+        role: Role::Admin,
+        hash: token_hash(&secret),
+    });
+    // Nodes starting at the same revision send the same id: one token is recorded. After every
+    // admin token was revoked, a restart makes a new one (a later revision, a new id).
+    let id = format!("{ADMIN_TOKEN_COMMAND_ID}-{}", dispatcher.state().revision);
+    let applied = dispatcher
+        .dispatch(create, CommandMeta::with_id(id, "system"))
+        .await
+        .context("recording the first admin token")?;
+    if applied.duplicate {
+        // Another node recorded the first admin token; this secret is not it.
+        let _ = std::fs::remove_file(&path);
+        info!("an admin token was created by another node");
+    } else {
+        info!(path = %path.display(), "admin token created");
+        println!("admin token written to {}", path.display());
+    }
     Ok(())
 }
 

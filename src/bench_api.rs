@@ -1,5 +1,6 @@
 //! `pmm-cp bench-api`: throughput and latency of the query API on one node, measured by `wrk`
-//! (Debian package wrk) beside the same server's health endpoint as the baseline, in one run:
+//! (Debian package wrk) with a viewer token (checked on every call) beside the same server's
+//! health endpoint as the baseline, in one run:
 //! get-by-id and a list page (100 items from the middle, with the total) over 1,000 and
 //! 10,000 services.
 
@@ -55,9 +56,10 @@ fn parse_wrk(out: &str) -> Option<WrkFigure> {
     })
 }
 
-async fn wrk(args: &BenchApiArgs, url: &str) -> anyhow::Result<WrkFigure> {
+async fn wrk(args: &BenchApiArgs, url: &str, token: &str) -> anyhow::Result<WrkFigure> {
     let out = tokio::process::Command::new(&args.wrk_bin)
         .args(["-t2", &format!("-c{}", args.connections)])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
         .arg(format!("-d{}s", args.seconds))
         .args(["--latency", url])
         .output()
@@ -137,6 +139,16 @@ pub async fn run(args: BenchApiArgs) -> anyhow::Result<()> {
         let (dispatcher, writer) =
             Dispatcher::start(pool.clone(), DispatcherConfig::default()).await?;
         let id = fill(&dispatcher, n).await?;
+        let token = crate::domain::token::new_token_secret();
+        let viewer = Command::CreateToken(crate::commands::tokens::CreateToken {
+            name: "bench".to_owned(),
+            role: crate::domain::Role::Viewer,
+            hash: crate::domain::token::token_hash(&token),
+        });
+        dispatcher
+            .dispatch(viewer, CommandMeta::new("bench"))
+            .await
+            .context("creating the benchmark's token")?;
         let internal = Internal::new(dispatcher.clone(), pool.clone(), dispatcher.peers().clone());
         let app = router(QueryApi {
             pool: pool.clone(),
@@ -170,7 +182,7 @@ pub async fn run(args: BenchApiArgs) -> anyhow::Result<()> {
         ];
         let mut baseline = None;
         for (name, url) in rows {
-            let f = wrk(&args, &url).await?;
+            let f = wrk(&args, &url, &token).await?;
             let base_rps = *baseline.get_or_insert(f.requests_per_sec);
             println!(
                 "{:<48} {:>10.0} {:>9.2} {:>9.2} {:>8.2}x",

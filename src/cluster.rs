@@ -2,7 +2,7 @@
 
 use crate::commands::dispatcher::Applied;
 use crate::commands::{Command, CommandError, CommandMeta};
-use crate::config::{ClusterCliArgs, ClusterOp};
+use crate::config::{ClusterCliArgs, ClusterOp, TokenCliArgs, TokenOp};
 use crate::raft::network::{MAX_MESSAGE, endpoint};
 use crate::raft::proto::ForwardRequest;
 use crate::raft::proto::cluster_client::ClusterClient;
@@ -153,4 +153,61 @@ impl CommandClient {
         serde_json::from_slice(&resp.json)
             .map_err(|e| tonic::Status::internal(format!("undecodable results: {e}")))
     }
+}
+
+/// Runs `pmm-cp token ...`: the command goes to the leader through the node at `--addr`.
+pub async fn token(args: TokenCliArgs) -> anyhow::Result<()> {
+    use crate::commands::tokens::{CreateToken, RevokeToken};
+    use crate::domain::Role;
+    use crate::domain::token::{new_token_secret, token_hash};
+    let mut client = CommandClient::new(&args.addr).map_err(anyhow::Error::msg)?;
+    let (command, secret) = match &args.op {
+        TokenOp::Create { name, role } => {
+            let role = Role::parse(role).context("role")?;
+            let secret = new_token_secret();
+            let create = CreateToken {
+                name: name.clone(),
+                role,
+                hash: token_hash(&secret),
+            };
+            (Command::CreateToken(create), Some(secret))
+        }
+        TokenOp::Revoke { token } => (
+            Command::RevokeToken(RevokeToken {
+                token: token.clone(),
+            }),
+            None,
+        ),
+    };
+    let results = client
+        .submit(
+            &[(command, CommandMeta::new("cli"))],
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
+    let applied = match results.into_iter().next() {
+        Some(Ok(a)) => a,
+        Some(Err(e)) => anyhow::bail!("{e}"),
+        None => anyhow::bail!("no result"),
+    };
+    match (secret, args.json) {
+        (Some(secret), true) => println!(
+            "{}",
+            json!({ "token": secret, "revision": applied.revision })
+        ),
+        (Some(secret), false) => {
+            println!("{secret}");
+            eprintln!(
+                "keep this token: it is shown only once (revision {})",
+                applied.revision
+            );
+        }
+        (None, true) => println!(
+            "{}",
+            json!({ "revoked": true, "revision": applied.revision })
+        ),
+        (None, false) => println!("revoked at revision {}", applied.revision),
+    }
+    Ok(())
 }

@@ -28,6 +28,8 @@ pub enum CliCommand {
     Events(EventsArgs),
     /// Cluster operations: status, init, add a learner, change the voters.
     Cluster(ClusterCliArgs),
+    /// API tokens: create (the secret is printed once) and revoke.
+    Token(TokenCliArgs),
     /// Measure writes through a one-node and a three-node cluster beside a three-member etcd
     /// cluster, at 1 and 64 concurrent clients.
     BenchCluster(BenchClusterArgs),
@@ -267,4 +269,34 @@ pub struct BenchApiArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+}
+
+/// `pmm-cp token ...`, sent through any node's internal service.
+#[derive(Debug, Clone, Args)]
+pub struct TokenCliArgs {
+    /// A node's internal address (`--raft-addr` of `serve`).
+    #[arg(long, env = "PMM_CP_CLUSTER_ADDR", default_value = "127.0.0.1:7774")]
+    pub addr: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub op: TokenOp,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenOp {
+    /// Create a token; its secret is printed once and stored nowhere.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// admin, viewer, auditor or agent.
+        #[arg(long, value_parser = ["admin", "viewer", "auditor", "agent"])]
+        role: String,
+    },
+    /// Revoke a token by id or name.
+    Revoke {
+        #[arg(long)]
+        token: String,
+    },
 }

@@ -10,8 +10,9 @@ use pmmcp::commands::nodes::{AddNode, RemoveNode};
 use pmmcp::commands::register_node::RegisterNode;
 use pmmcp::commands::services::{AddService, ChangeService, RemoveService};
 use pmmcp::commands::settings::ChangeSettings;
+use pmmcp::commands::tokens::{CreateToken, RevokeToken};
 use pmmcp::commands::{Command, CommandMeta, Ctx, decide};
-use pmmcp::domain::{AgentType, NodeType, ServiceType, State, Timestamp};
+use pmmcp::domain::{AgentType, NodeType, Role, ServiceType, State, Timestamp};
 use pmmcp::events::{Event, codec};
 use pmmcp::store;
 use proptest::prelude::*;
@@ -73,6 +74,13 @@ enum Op {
         hr_millis: u64,
         retention_hours: u64,
     },
+    CreateToken {
+        name: u8,
+        role: u8,
+    },
+    RevokeToken {
+        token: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -131,6 +139,8 @@ fn op() -> impl Strategy<Value = Op> {
                 hr_millis,
                 retention_hours
             }),
+        (0u8..8, 0u8..4).prop_map(|(name, role)| Op::CreateToken { name, role }),
+        any::<u8>().prop_map(|token| Op::RevokeToken { token }),
     ]
 }
 
@@ -292,6 +302,14 @@ fn command(state: &State, op: &Op) -> Option<Command> {
             data_retention: Some(Duration::from_secs(retention_hours * 3600)),
             ..ChangeSettings::default()
         }),
+        Op::CreateToken { name, role } => Command::CreateToken(CreateToken {
+            name: format!("token-{name}"),
+            role: Role::ALL[*role as usize % Role::ALL.len()],
+            hash: pmmcp::domain::token::token_hash(&format!("secret-{name}")),
+        }),
+        Op::RevokeToken { token } => Command::RevokeToken(RevokeToken {
+            token: pick(state.tokens.keys().cloned().collect(), *token)?.to_string(),
+        }),
     })
 }
 
@@ -442,6 +460,8 @@ fn generated_sequences_cover_every_event_type() {
         "AgentChanged",
         "AgentRemoved",
         "SettingsChanged",
+        "TokenCreated",
+        "TokenRevoked",
     ];
     for t in all {
         assert!(

@@ -5,7 +5,10 @@
 mod support;
 
 use pmmcp::api::{QueryApi, REVISION_HEADER, router};
-use pmmcp::commands::CommandMeta;
+use pmmcp::commands::tokens::{CreateToken, RevokeToken};
+use pmmcp::commands::{Command, CommandMeta};
+use pmmcp::domain::Role;
+use pmmcp::domain::token::{new_token_secret, token_hash};
 use pmmcp::raft::service::Internal;
 use serde_json::Value;
 use std::sync::Arc;
@@ -32,9 +35,14 @@ async fn serve_api(node: &TestNode) -> String {
     format!("http://{addr}")
 }
 
-/// GET `url`: status, revision header and JSON body.
-async fn get(url: &str) -> (u16, Option<i64>, Value) {
-    let resp = reqwest::get(url).await.expect("request");
+/// GET `url` with a bearer token: status, revision header and JSON body.
+async fn get(token: &str, url: &str) -> (u16, Option<i64>, Value) {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
     let status = resp.status().as_u16();
     let revision = resp
         .headers()
@@ -57,7 +65,27 @@ async fn add_nodes(node: &TestNode, prefix: &str, n: usize, actor: &str) {
     }
 }
 
-async fn one_node() -> (TestNode, String) {
+/// Records a token of `role` named `name` through `node`; returns its secret.
+async fn token(node: &TestNode, name: &str, role: Role) -> String {
+    let secret = new_token_secret();
+    let create = CreateToken {
+        name: name.to_owned(),
+        role,
+        hash: token_hash(&secret),
+    };
+    let applied = node
+        .dispatcher
+        .dispatch(Command::CreateToken(create), CommandMeta::new("t"))
+        .await
+        .expect("token recorded");
+    node.dispatcher
+        .wait_for(applied.revision, std::time::Duration::from_secs(10))
+        .await
+        .expect("applied here");
+    secret
+}
+
+async fn one_node() -> (TestNode, String, String) {
     let node = TestNode::start(
         1,
         Arc::new(TestDb::new().await),
@@ -68,23 +96,25 @@ async fn one_node() -> (TestNode, String) {
     .await;
     node.dispatcher
         .dispatch(
-            pmmcp::commands::Command::BootstrapServer(Default::default()),
+            Command::BootstrapServer(Default::default()),
             CommandMeta::with_id("bootstrap", "system"),
         )
         .await
         .expect("bootstrap");
     let base = serve_api(&node).await;
-    (node, base)
+    let admin = token(&node, "admin", Role::Admin).await;
+    (node, base, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_page_sort_filter_and_count_at_the_revision_they_reflect() {
-    let (node, base) = one_node().await;
+    let (node, base, admin) = one_node().await;
     add_nodes(&node, "n", 25, "t").await;
     let revision = node.dispatcher.state().revision;
-    let (status, header, body) = get(&format!(
-        "{base}/v1/query/nodes?limit=10&order_by=node_name"
-    ))
+    let (status, header, body) = get(
+        &admin,
+        &format!("{base}/v1/query/nodes?limit=10&order_by=node_name"),
+    )
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(header, Some(revision));
@@ -102,25 +132,32 @@ async fn lists_page_sort_filter_and_count_at_the_revision_they_reflect() {
             "n00", "n01", "n02", "n03", "n04", "n05", "n06", "n07", "n08", "n09"
         ]
     );
-    let (_, _, page) = get(&format!(
-        "{base}/v1/query/nodes?limit=10&offset=20&order_by=-node_name"
-    ))
+    let (_, _, page) = get(
+        &admin,
+        &format!("{base}/v1/query/nodes?limit=10&offset=20&order_by=-node_name"),
+    )
     .await;
     assert_eq!(page["nodes"].as_array().expect("nodes").len(), 6);
     assert_eq!(page["nodes"][0]["node_name"], "n05");
     // PMM's enum spelling and the stored one filter alike.
     for t in ["NODE_TYPE_GENERIC_NODE", "generic"] {
-        let (_, _, b) = get(&format!("{base}/v1/query/nodes?node_type={t}&limit=1")).await;
+        let (_, _, b) = get(
+            &admin,
+            &format!("{base}/v1/query/nodes?node_type={t}&limit=1"),
+        )
+        .await;
         assert_eq!(b["total"], 26);
     }
-    let (_, _, b) = get(&format!(
-        "{base}/v1/query/nodes?node_type=NODE_TYPE_CONTAINER_NODE"
-    ))
+    let (_, _, b) = get(
+        &admin,
+        &format!("{base}/v1/query/nodes?node_type=NODE_TYPE_CONTAINER_NODE"),
+    )
     .await;
     assert_eq!(b["total"], 0);
-    let (_, _, agents) = get(&format!(
-        "{base}/v1/query/agents?agent_type=AGENT_TYPE_PMM_AGENT"
-    ))
+    let (_, _, agents) = get(
+        &admin,
+        &format!("{base}/v1/query/agents?agent_type=AGENT_TYPE_PMM_AGENT"),
+    )
     .await;
     assert_eq!(agents["total"], 1, "{agents}");
     node.stop().await;
@@ -128,7 +165,7 @@ async fn lists_page_sort_filter_and_count_at_the_revision_they_reflect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_by_id_finds_an_item_and_an_unknown_id_is_not_found() {
-    let (node, base) = one_node().await;
+    let (node, base, admin) = one_node().await;
     let applied = node
         .dispatcher
         .dispatch(add_node("db1"), CommandMeta::new("t"))
@@ -142,14 +179,14 @@ async fn get_by_id_finds_an_item_and_an_unknown_id_is_not_found() {
         .find(|n| n.node_name == "db1")
         .map(|n| n.node_id.to_string())
         .expect("node");
-    let (status, header, body) = get(&format!("{base}/v1/query/nodes/{id}")).await;
+    let (status, header, body) = get(&admin, &format!("{base}/v1/query/nodes/{id}")).await;
     assert_eq!((status, header), (200, Some(applied.revision)));
     assert_eq!(body["node"]["node_name"], "db1");
-    let (status, _, body) = get(&format!("{base}/v1/query/nodes/nope")).await;
+    let (status, _, body) = get(&admin, &format!("{base}/v1/query/nodes/nope")).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"], "NotFound");
     assert_eq!(body["message"], "Node with ID \"nope\" not found.");
-    let (status, _, body) = get(&format!("{base}/v1/query/settings")).await;
+    let (status, _, body) = get(&admin, &format!("{base}/v1/query/settings")).await;
     assert_eq!(status, 200);
     assert!(body["settings"].is_object());
     node.stop().await;
@@ -157,7 +194,7 @@ async fn get_by_id_finds_an_item_and_an_unknown_id_is_not_found() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_parameters_are_refused_with_a_clear_400() {
-    let (node, base) = one_node().await;
+    let (node, base, admin) = one_node().await;
     for (query, says) in [
         ("nodes?limit=0", "limit"),
         ("nodes?limit=abc", "limit"),
@@ -170,7 +207,7 @@ async fn bad_parameters_are_refused_with_a_clear_400() {
         ("nodes?min_revision=-3", "min_revision"),
         ("events?limit=100000", "limit"),
     ] {
-        let (status, _, body) = get(&format!("{base}/v1/query/{query}")).await;
+        let (status, _, body) = get(&admin, &format!("{base}/v1/query/{query}")).await;
         assert_eq!(status, 400, "{query}: {body}");
         assert_eq!(body["error"], "InvalidArgument", "{query}");
         let message = body["message"].as_str().expect("message");
@@ -181,10 +218,11 @@ async fn bad_parameters_are_refused_with_a_clear_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_revision_waits_for_a_write_that_has_not_happened_yet() {
-    let (node, base) = one_node().await;
+    let (node, base, admin) = one_node().await;
     let ahead = node.dispatcher.state().revision + 1;
     let url = format!("{base}/v1/query/nodes?node_type=generic&min_revision={ahead}");
-    let waiting = tokio::spawn(async move { get(&url).await });
+    let t = admin.clone();
+    let waiting = tokio::spawn(async move { get(&t, &url).await });
     node.dispatcher
         .dispatch(add_node("late"), CommandMeta::new("t"))
         .await
@@ -205,28 +243,38 @@ async fn min_revision_waits_for_a_write_that_has_not_happened_yet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_pages_and_filters_and_the_chain_verifies() {
-    let (node, base) = one_node().await;
+    let (node, base, admin) = one_node().await;
     add_nodes(&node, "a", 3, "alice").await;
-    let (status, _, first) = get(&format!("{base}/v1/query/events?limit=2")).await;
+    let (status, _, first) = get(&admin, &format!("{base}/v1/query/events?limit=2")).await;
     assert_eq!(status, 200);
     assert_eq!(first["events"].as_array().expect("events").len(), 2);
     let next = first["next_after"].as_i64().expect("next_after");
-    let (_, _, second) = get(&format!("{base}/v1/query/events?limit=2&after={next}")).await;
+    let (_, _, second) = get(
+        &admin,
+        &format!("{base}/v1/query/events?limit=2&after={next}"),
+    )
+    .await;
     assert_eq!(second["events"][0]["position"], next + 1);
-    let (_, _, alice) = get(&format!(
-        "{base}/v1/query/events?actor=alice&event_type=NodeAdded"
-    ))
+    let (_, _, alice) = get(
+        &admin,
+        &format!("{base}/v1/query/events?actor=alice&event_type=NodeAdded"),
+    )
     .await;
     let events = alice["events"].as_array().expect("events");
     assert_eq!(events.len(), 3);
     assert!(events.iter().all(|e| e["metadata"]["actor"] == "alice"));
     let stream = events[0]["stream_id"].as_str().expect("stream");
-    let (_, _, one) = get(&format!("{base}/v1/query/events?stream_id={stream}")).await;
+    let (_, _, one) = get(
+        &admin,
+        &format!("{base}/v1/query/events?stream_id={stream}"),
+    )
+    .await;
     assert_eq!(one["events"].as_array().expect("events").len(), 1);
-    let (_, header, head) = get(&format!("{base}/v1/query/chain")).await;
+    let (_, header, head) = get(&admin, &format!("{base}/v1/query/chain")).await;
     assert_eq!(Some(head["position"].as_i64().expect("position")), header);
     let resp = reqwest::Client::new()
         .post(format!("{base}/v1/query/chain:verify"))
+        .bearer_auth(&admin)
         .send()
         .await
         .expect("verify");
@@ -240,6 +288,14 @@ async fn the_history_pages_and_filters_and_the_chain_verifies() {
 async fn a_write_on_one_node_is_read_on_another_with_min_revision_or_linearizable() {
     let nodes = three_nodes(Opts::default()).await;
     let apis = [serve_api(&nodes[1]).await, serve_api(&nodes[2]).await];
+    let admin = token(&nodes[0], "admin", Role::Admin).await;
+    let at = nodes[0].dispatcher.state().revision;
+    for n in &nodes[1..] {
+        n.dispatcher
+            .wait_for(at, std::time::Duration::from_secs(10))
+            .await
+            .expect("the token reached every node");
+    }
     // Read-your-writes on another node: by waiting for the write's revision, or by asking for
     // a linearizable read (the follower learns the committed revision from the leader).
     for (api, name, query) in [
@@ -255,16 +311,81 @@ async fn a_write_on_one_node_is_read_on_another_with_min_revision_or_linearizabl
             "min_revision" => format!("min_revision={}", applied.revision),
             other => other.to_owned(),
         };
-        let (status, header, body) = get(&format!("{api}/v1/query/nodes?{query}")).await;
+        let (status, header, body) = get(&admin, &format!("{api}/v1/query/nodes?{query}")).await;
         assert_eq!(status, 200, "{body}");
         assert!(header.is_some_and(|r| r >= applied.revision));
         let names = body["nodes"].as_array().expect("nodes");
         assert!(names.iter().any(|n| n["node_name"] == name), "{name}");
     }
-    let (status, _, cluster) = get(&format!("{}/v1/query/cluster", apis[0])).await;
+    let (status, _, cluster) = get(&admin, &format!("{}/v1/query/cluster", apis[0])).await;
     assert_eq!(status, 200);
     assert_eq!(cluster["leader"], 1);
     for n in nodes {
         n.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_needs_a_token_of_a_role_that_may_make_it() {
+    let (node, base, admin) = one_node().await;
+    let viewer = token(&node, "ui", Role::Viewer).await;
+    let auditor = token(&node, "audit", Role::Auditor).await;
+    let nodes = format!("{base}/v1/query/nodes");
+    let events = format!("{base}/v1/query/events");
+    let tokens = format!("{base}/v1/query/tokens");
+    // No token, an unknown one: 401 with a reason.
+    let resp = reqwest::get(&nodes).await.expect("request");
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let body: Value = resp.json().await.expect("body");
+    assert_eq!(body["error"], "Unauthenticated");
+    let (status, _, body) = get("pmmcp_not-a-token", &nodes).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("Unauthenticated"))
+    );
+    // Each role reaches its routes and gets 403 elsewhere.
+    for (secret, url, expected) in [
+        (&viewer, &nodes, 200),
+        (&viewer, &events, 403),
+        (&viewer, &tokens, 403),
+        (&auditor, &events, 200),
+        (&auditor, &nodes, 403),
+        (&admin, &nodes, 200),
+        (&admin, &events, 200),
+        (&admin, &tokens, 200),
+    ] {
+        let (status, _, body) = get(secret, url).await;
+        assert_eq!(status, expected, "{url}: {body}");
+        if expected == 403 {
+            assert_eq!(body["error"], "PermissionDenied");
+        }
+    }
+    // The token list shows names and roles, never a hash or a secret.
+    let (_, _, list) = get(&admin, &tokens).await;
+    let text = list.to_string();
+    assert!(!text.contains(&token_hash(&viewer)) && !text.contains(&viewer));
+    assert_eq!(list["tokens"].as_array().expect("tokens").len(), 3);
+    // A revoked token (by name) stops working at once.
+    let revoked = node
+        .dispatcher
+        .dispatch(
+            Command::RevokeToken(RevokeToken {
+                token: "ui".to_owned(),
+            }),
+            CommandMeta::new("t"),
+        )
+        .await
+        .expect("revoked");
+    node.dispatcher
+        .wait_for(revoked.revision, std::time::Duration::from_secs(10))
+        .await
+        .expect("applied");
+    let (status, _, _) = get(&viewer, &nodes).await;
+    assert_eq!(status, 401);
+    // Only the hash is in the log.
+    let (_, _, history) = get(&admin, &format!("{events}?event_type=TokenCreated")).await;
+    let text = history.to_string();
+    assert!(text.contains(&token_hash(&auditor)) && !text.contains(&auditor));
+    node.stop().await;
 }

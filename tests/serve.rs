@@ -175,3 +175,35 @@ async fn serve_with_a_database_url_uses_that_server() {
             .is_ok()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_writes_an_admin_token_and_a_restart_keeps_it() {
+    let dir = TempDir::new("token");
+    let db = TestDb::new().await;
+    let server = start(args(&dir.0, Some(db.url.clone()))).await;
+    server.health().await;
+    server.stop().await;
+    let path = dir.0.join("admin.token");
+    let secret = std::fs::read_to_string(&path).expect("admin.token");
+    let secret = secret.trim().to_owned();
+    assert!(secret.starts_with("pmmcp_"), "{secret}");
+    let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let pool = db.pool().await;
+    let hashes = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT payload->'token'->>'hash' FROM events WHERE event_type = 'TokenCreated'",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("tokens")
+    };
+    assert_eq!(hashes().await, [pmmcp::domain::token::token_hash(&secret)]);
+
+    let server = start(args(&dir.0, Some(db.url.clone()))).await;
+    server.health().await;
+    server.stop().await;
+    assert_eq!(hashes().await.len(), 1, "a restart creates no second token");
+    let again = std::fs::read_to_string(&path).expect("admin.token");
+    assert_eq!(again.trim(), secret);
+}

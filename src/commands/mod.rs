@@ -25,6 +25,7 @@ pub mod register_node;
 pub mod remove_service;
 pub mod services;
 pub mod settings;
+pub mod tokens;
 
 pub use error::{CommandError, ErrorClass, Rejection};
 
@@ -53,6 +54,8 @@ pub enum Command {
     RemoveManagedService(remove_service::RemoveManagedService),
     ChangeSettings(settings::ChangeSettings),
     BootstrapServer(bootstrap::BootstrapServer),
+    CreateToken(tokens::CreateToken),
+    RevokeToken(tokens::RevokeToken),
 }
 
 impl Command {
@@ -74,6 +77,8 @@ impl Command {
             Command::RemoveManagedService(_) => "RemoveManagedService",
             Command::ChangeSettings(_) => "ChangeSettings",
             Command::BootstrapServer(_) => "BootstrapServer",
+            Command::CreateToken(_) => "CreateToken",
+            Command::RevokeToken(_) => "RevokeToken",
         }
     }
 }
@@ -201,6 +206,8 @@ pub fn decide_and_evolve(
         Command::RemoveManagedService(c) => c.decide(&mut d),
         Command::ChangeSettings(c) => c.decide(&mut d),
         Command::BootstrapServer(c) => c.decide(&mut d),
+        Command::CreateToken(c) => c.decide(&mut d).map(drop),
+        Command::RevokeToken(c) => c.decide(&mut d),
     }?;
     Ok((d.events, d.state))
 }

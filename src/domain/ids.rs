@@ -69,6 +69,10 @@ id_type!(
     /// An agent id (`agents.agent_id`).
     AgentId
 );
+id_type!(
+    /// An API token's id (not its secret).
+    TokenId
+);
 
 /// Management RemoveService treats its argument as an id when it *ends* with a UUID
 /// (PMM's regex is anchored only at the end), otherwise as a service name.

@@ -13,12 +13,14 @@ pub mod secret;
 pub mod service;
 pub mod settings;
 pub mod state;
+pub mod token;
 
 pub use agent::{Agent, AgentStatus, AgentType, LogLevel, MetricsResolutions};
-pub use ids::{AgentId, NodeId, PMM_SERVER_ID, ServiceId, Timestamp};
+pub use ids::{AgentId, NodeId, PMM_SERVER_ID, ServiceId, Timestamp, TokenId};
 pub use labels::Labels;
 pub use node::{Node, NodeType};
 pub use secret::Sealed;
 pub use service::{Service, ServiceType};
 pub use settings::Settings;
 pub use state::State;
+pub use token::{ApiToken, Role};

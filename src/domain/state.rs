@@ -5,7 +5,7 @@
 //! a clone and readers keep a snapshot without blocking writers. Secondary indexes (names,
 //! addresses, children) keep every uniqueness check and cascade lookup at O(log n).
 
-use super::{Agent, AgentId, Node, NodeId, Service, ServiceId, Settings};
+use super::{Agent, AgentId, ApiToken, Node, NodeId, Service, ServiceId, Settings, TokenId};
 use crate::events::Event;
 use imbl::{OrdMap, OrdSet};
 use std::sync::Arc;
@@ -19,6 +19,8 @@ pub struct State {
     pub services: OrdMap<ServiceId, Arc<Service>>,
     pub agents: OrdMap<AgentId, Arc<Agent>>,
     pub settings: Arc<Settings>,
+    /// API tokens (their hashes, never their secrets).
+    pub tokens: OrdMap<TokenId, Arc<ApiToken>>,
     index: Index,
 }
 
@@ -35,6 +37,8 @@ struct Index {
     agents_by_runs_on_node: OrdMap<NodeId, OrdSet<AgentId>>,
     agents_by_service: OrdMap<ServiceId, OrdSet<AgentId>>,
     agents_by_pmm_agent: OrdMap<AgentId, OrdSet<AgentId>>,
+    token_by_hash: OrdMap<Arc<str>, TokenId>,
+    token_by_name: OrdMap<Arc<str>, TokenId>,
 }
 
 fn pair(a: &str, b: &str) -> (Arc<str>, Arc<str>) {
@@ -76,7 +80,48 @@ impl State {
             }
             Event::AgentRemoved { agent_id } => self.drop_agent(agent_id),
             Event::SettingsChanged { settings } => self.settings = Arc::new(settings.clone()),
+            Event::TokenCreated { token } => self.put_token(token.clone()),
+            Event::TokenRevoked { token_id } => self.drop_token(token_id),
         }
+    }
+
+    fn put_token(&mut self, token: ApiToken) {
+        self.drop_token(&token.token_id);
+        let ix = &mut self.index;
+        ix.token_by_hash
+            .insert(Arc::from(token.hash.as_str()), token.token_id.clone());
+        ix.token_by_name
+            .insert(Arc::from(token.name.as_str()), token.token_id.clone());
+        self.tokens.insert(token.token_id.clone(), Arc::new(token));
+    }
+
+    fn drop_token(&mut self, id: &TokenId) {
+        let Some(token) = self.tokens.remove(id) else {
+            return;
+        };
+        let ix = &mut self.index;
+        if ix.token_by_hash.get(token.hash.as_str()) == Some(id) {
+            ix.token_by_hash.remove(token.hash.as_str());
+        }
+        if ix.token_by_name.get(token.name.as_str()) == Some(id) {
+            ix.token_by_name.remove(token.name.as_str());
+        }
+    }
+
+    /// The token whose secret hashes to `hash`.
+    pub fn token_by_hash(&self, hash: &str) -> Option<&Arc<ApiToken>> {
+        self.index
+            .token_by_hash
+            .get(hash)
+            .and_then(|id| self.tokens.get(id))
+    }
+
+    /// The token named `name`.
+    pub fn token_by_name(&self, name: &str) -> Option<&Arc<ApiToken>> {
+        self.index
+            .token_by_name
+            .get(name)
+            .and_then(|id| self.tokens.get(id))
     }
 
     /// Folds an event stored at `position`.

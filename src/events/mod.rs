@@ -9,7 +9,9 @@ pub mod chain;
 pub mod codec;
 pub mod redact;
 
-use crate::domain::{Agent, AgentId, Node, NodeId, Service, ServiceId, Settings};
+use crate::domain::{
+    Agent, AgentId, ApiToken, Node, NodeId, Service, ServiceId, Settings, TokenId,
+};
 use serde::{Deserialize, Serialize};
 
 /// Every event type. Serialized with an explicit tag (the stored `event_type`).
@@ -25,6 +27,8 @@ pub enum Event {
     AgentChanged { agent: Agent },
     AgentRemoved { agent_id: AgentId },
     SettingsChanged { settings: Settings },
+    TokenCreated { token: ApiToken },
+    TokenRevoked { token_id: TokenId },
 }
 
 /// The stream an event belongs to: one per entity, so an entity's history is one read.
@@ -34,16 +38,19 @@ pub enum StreamKey {
     Service(ServiceId),
     Agent(AgentId),
     Settings,
+    Token(TokenId),
 }
 
 impl StreamKey {
-    /// The stored `stream_id`: `node-<id>`, `service-<id>`, `agent-<id>` or `settings`.
+    /// The stored `stream_id`: `node-<id>`, `service-<id>`, `agent-<id>`, `settings` or
+    /// `token-<id>`.
     pub fn stream_id(&self) -> String {
         match self {
             StreamKey::Node(id) => format!("node-{id}"),
             StreamKey::Service(id) => format!("service-{id}"),
             StreamKey::Agent(id) => format!("agent-{id}"),
             StreamKey::Settings => "settings".to_owned(),
+            StreamKey::Token(id) => format!("token-{id}"),
         }
     }
 }
@@ -61,6 +68,8 @@ impl Event {
             Event::AgentChanged { .. } => "AgentChanged",
             Event::AgentRemoved { .. } => "AgentRemoved",
             Event::SettingsChanged { .. } => "SettingsChanged",
+            Event::TokenCreated { .. } => "TokenCreated",
+            Event::TokenRevoked { .. } => "TokenRevoked",
         }
     }
 
@@ -78,6 +87,8 @@ impl Event {
             }
             Event::AgentRemoved { agent_id } => StreamKey::Agent(agent_id.clone()),
             Event::SettingsChanged { .. } => StreamKey::Settings,
+            Event::TokenCreated { token } => StreamKey::Token(token.token_id.clone()),
+            Event::TokenRevoked { token_id } => StreamKey::Token(token_id.clone()),
         }
     }
 }

@@ -238,6 +238,8 @@ pub fn trail(events: &[Event]) -> Vec<String> {
             Event::AgentChanged { agent } => format!("AgentChanged:{}", agent.agent_id),
             Event::AgentRemoved { agent_id } => format!("AgentRemoved:{agent_id}"),
             Event::SettingsChanged { .. } => "SettingsChanged".to_owned(),
+            Event::TokenCreated { token } => format!("TokenCreated:{}", token.token_id),
+            Event::TokenRevoked { token_id } => format!("TokenRevoked:{token_id}"),
         })
         .collect()
 }

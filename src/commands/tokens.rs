@@ -1,0 +1,76 @@
+//! API tokens: CreateToken records a token's hash (the secret never reaches a command: the
+//! caller makes it, keeps it, and sends its SHA-256) and RevokeToken ends it.
+
+use super::{Decision, Rejection};
+use crate::domain::limits::{MAX_NAME_LEN, required};
+use crate::domain::{ApiToken, Role, TokenId};
+use crate::events::Event;
+
+/// Records a new token.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CreateToken {
+    /// Unique among live tokens.
+    pub name: String,
+    pub role: Role,
+    /// Lowercase hex SHA-256 of the secret (see `domain::token::token_hash`).
+    pub hash: String,
+}
+
+impl CreateToken {
+    pub fn decide(&self, d: &mut Decision<'_>) -> Result<TokenId, Rejection> {
+        required("name", &self.name, MAX_NAME_LEN)?;
+        let is_hash = self.hash.len() == 64
+            && self
+                .hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !is_hash {
+            return Err(Rejection::invalid(
+                "hash: expected the lowercase hex SHA-256 of the token.",
+            ));
+        }
+        if d.state().token_by_name(&self.name).is_some() {
+            return Err(Rejection::already_exists(format!(
+                "Token with name {:?} already exists.",
+                self.name
+            )));
+        }
+        if d.state().token_by_hash(&self.hash).is_some() {
+            return Err(Rejection::already_exists("This token is already recorded."));
+        }
+        let token_id = TokenId::from(d.new_id());
+        d.emit(Event::TokenCreated {
+            token: ApiToken {
+                token_id: token_id.clone(),
+                name: self.name.clone(),
+                role: self.role,
+                hash: self.hash.clone(),
+                created_at: d.now(),
+            },
+        });
+        Ok(token_id)
+    }
+}
+
+/// Ends a token: calls with it are refused from the next revision on.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RevokeToken {
+    /// The token's id or its name.
+    pub token: String,
+}
+
+impl RevokeToken {
+    pub fn decide(&self, d: &mut Decision<'_>) -> Result<(), Rejection> {
+        let by_id = TokenId::from(self.token.as_str());
+        let token_id = if d.state().tokens.contains_key(&by_id) {
+            by_id
+        } else {
+            d.state()
+                .token_by_name(&self.token)
+                .map(|t| t.token_id.clone())
+                .ok_or_else(|| Rejection::not_found(format!("Token {:?} not found.", self.token)))?
+        };
+        d.emit(Event::TokenRevoked { token_id });
+        Ok(())
+    }
+}
