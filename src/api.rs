@@ -105,7 +105,11 @@ pub fn authorize(
     let secret = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 7235).
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+        })
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| unauthenticated("a bearer token is required (Authorization: Bearer ...)"))?;
@@ -360,7 +364,6 @@ async fn list(
     p: &ListParams,
     filters: Filters,
 ) -> Result<Response, ApiError> {
-    api.ready(&p.consistency()).await?;
     let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::invalid(format!(
@@ -384,6 +387,8 @@ async fn list(
             (*c, desc)
         }
     };
+    // Waits only for a request that is otherwise valid.
+    api.ready(&p.consistency()).await?;
     // One statement, so one snapshot: the rows, the total and the revision agree, in one
     // round trip.
     let order = format!(
@@ -627,11 +632,17 @@ async fn events(State(api): State<QueryApi>, q: Params<EventParams>) -> Result<R
             .unwrap_or_default(),
         actor: p.actor.filter(|a| !a.is_empty()),
     };
-    let revision = api.dispatcher.state().revision;
     let events = store::log::read(&api.pool, &filter, Secrets::Redact)
         .await
         .map_err(ApiError::internal)?;
     let next_after = events.last().map(|e| e.position);
+    // The page may hold events applied after the state was published: the answer reflects at
+    // least its last one.
+    let revision = api
+        .dispatcher
+        .state()
+        .revision
+        .max(next_after.unwrap_or_default());
     let events: Vec<Value> = events.iter().map(|e| e.to_json()).collect();
     Ok(at_revision(
         revision,

@@ -241,14 +241,16 @@ pub async fn serve(
     let startup = startup_commands(dispatcher.clone(), env);
     if c.join {
         // The cluster may not exist yet: record them once it has a leader.
+        let (d, data_dir) = (dispatcher.clone(), args.db.data_dir.clone());
         tokio::spawn(async move {
-            if let Err(e) = startup.await {
-                warn!(error = %format!("{e:#}"), "startup commands");
+            match startup.await {
+                Ok(()) => ensure_admin_token(&d, &data_dir).await,
+                Err(e) => warn!(error = %format!("{e:#}"), "startup commands"),
             }
         });
     } else {
         startup.await?;
-        ensure_admin_token(&dispatcher, &args.db.data_dir).await?;
+        ensure_admin_token(&dispatcher, &args.db.data_dir).await;
     }
     let revision = dispatcher.state().revision;
     let addr = listener.local_addr()?;
@@ -287,56 +289,86 @@ pub async fn serve(
 pub const ADMIN_TOKEN_COMMAND_ID: &str = "bootstrap-admin-token";
 
 /// On a cluster with no admin token, creates one and writes its secret to
-/// `<data-dir>/admin.token` (mode 0600). The secret is written before the token is recorded, so
-/// a crash in between leaves no recorded token whose secret is lost.
-async fn ensure_admin_token(
+/// `<data-dir>/admin.token` (mode 0600, replaced atomically). The secret is written before the
+/// token is recorded, so a crash in between leaves no recorded token whose secret is lost. A
+/// failure is logged, not fatal: the server runs, and `pmm-cp token create` still works.
+async fn ensure_admin_token(dispatcher: &Dispatcher, data_dir: &std::path::Path) {
+    if let Err(e) = try_admin_token(dispatcher, data_dir).await {
+        warn!(error = %format!("{e:#}"), "no admin token was created");
+    }
+}
+
+async fn try_admin_token(
     dispatcher: &Dispatcher,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
+    use crate::commands::CommandError;
     use crate::domain::Role;
     use crate::domain::token::{new_token_secret, token_hash};
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let path = data_dir.join("admin.token");
-    if dispatcher
-        .state()
-        .tokens
-        .values()
-        .any(|t| t.role == Role::Admin)
-    {
+    // Checked on the latest committed state, not this node's possibly lagging one.
+    let state = dispatcher
+        .linearizable_state(Duration::from_secs(30))
+        .await
+        .context("reading the committed state")?;
+    if state.tokens.values().any(|t| t.role == Role::Admin) {
         return Ok(());
     }
+    let path = data_dir.join("admin.token");
     let secret = new_token_secret();
-    {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        writeln!(f, "{secret}")?;
-        f.sync_all()?;
-    }
+    write_secret_file(&path, &secret)?;
+    let name = if state.token_by_name("admin").is_none() {
+        "admin".to_owned()
+    } else {
+        format!("admin-{}", state.revision)
+    };
     let create = Command::CreateToken(crate::commands::tokens::CreateToken {
-        name: "admin".to_owned(),
+        name,
         role: Role::Admin,
         hash: token_hash(&secret),
     });
     // Nodes starting at the same revision send the same id: one token is recorded. After every
     // admin token was revoked, a restart makes a new one (a later revision, a new id).
-    let id = format!("{ADMIN_TOKEN_COMMAND_ID}-{}", dispatcher.state().revision);
-    let applied = dispatcher
+    let id = format!("{ADMIN_TOKEN_COMMAND_ID}-{}", state.revision);
+    match dispatcher
         .dispatch(create, CommandMeta::with_id(id, "system"))
         .await
-        .context("recording the first admin token")?;
-    if applied.duplicate {
-        // Another node recorded the first admin token; this secret is not it.
-        let _ = std::fs::remove_file(&path);
-        info!("an admin token was created by another node");
-    } else {
-        info!(path = %path.display(), "admin token created");
-        println!("admin token written to {}", path.display());
+    {
+        Ok(applied) if !applied.duplicate => {
+            info!(path = %path.display(), "admin token created");
+            println!("admin token written to {}", path.display());
+            Ok(())
+        }
+        // Another node recorded an admin token first: this secret is not it.
+        Ok(_) | Err(CommandError::AlreadyExists(_)) => {
+            let _ = std::fs::remove_file(&path);
+            info!("an admin token was created by another node");
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e).context("recording the first admin token")
+        }
+    }
+}
+
+/// Writes `secret` to `path` with mode 0600: a new temporary file, synced, renamed over the
+/// old one, and the directory synced, so the file is never readable by others nor torn.
+fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }

@@ -67,8 +67,8 @@ pub struct ServeArgs {
     /// Debug and health HTTP endpoint (PMM's debug port).
     #[arg(long, env = "PMM_CP_DEBUG_ADDR", default_value = "127.0.0.1:7773")]
     pub debug_addr: SocketAddr,
-    /// The query API (REST): inventory, settings, cluster status, event history. It has no
-    /// authentication yet: keep it on loopback.
+    /// The query API (REST, bearer tokens): inventory, settings, cluster status, event
+    /// history.
     #[arg(long, env = "PMM_CP_API_ADDR", default_value = "127.0.0.1:7772")]
     pub api_addr: SocketAddr,
     /// Most commands appended in one transaction.

@@ -70,6 +70,15 @@ fn revoke_token_finds_it_by_id_or_name_and_an_unknown_one_is_not_found() {
         assert!(s.tokens.is_empty());
         assert!(s.token_by_hash(&token_hash("one")).is_none());
     }
+    // A revoked secret is never accepted again, even under another name.
+    let revoked = after(
+        &state,
+        &Command::RevokeToken(RevokeToken {
+            token: "ui".to_owned(),
+        }),
+    );
+    let r = decide(&revoked, &create("ui-again", "one"), &ctx()).expect_err("refused");
+    assert_eq!(r.class, ErrorClass::AlreadyExists);
     let r = decide(
         &state,
         &Command::RevokeToken(RevokeToken {

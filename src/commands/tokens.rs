@@ -35,8 +35,11 @@ impl CreateToken {
                 self.name
             )));
         }
-        if d.state().token_by_hash(&self.hash).is_some() {
-            return Err(Rejection::already_exists("This token is already recorded."));
+        // A revoked token's secret may have leaked: its hash is never accepted again.
+        if d.state().token_hash_known(&self.hash) {
+            return Err(Rejection::already_exists(
+                "This token is already recorded or was revoked; make a new one.",
+            ));
         }
         let token_id = TokenId::from(d.new_id());
         d.emit(Event::TokenCreated {

@@ -39,6 +39,8 @@ struct Index {
     agents_by_pmm_agent: OrdMap<AgentId, OrdSet<AgentId>>,
     token_by_hash: OrdMap<Arc<str>, TokenId>,
     token_by_name: OrdMap<Arc<str>, TokenId>,
+    /// Hashes of revoked tokens: never accepted again.
+    retired_token_hashes: OrdSet<Arc<str>>,
 }
 
 fn pair(a: &str, b: &str) -> (Arc<str>, Arc<str>) {
@@ -81,7 +83,13 @@ impl State {
             Event::AgentRemoved { agent_id } => self.drop_agent(agent_id),
             Event::SettingsChanged { settings } => self.settings = Arc::new(settings.clone()),
             Event::TokenCreated { token } => self.put_token(token.clone()),
-            Event::TokenRevoked { token_id } => self.drop_token(token_id),
+            Event::TokenRevoked { token_id } => {
+                if let Some(t) = self.tokens.get(token_id) {
+                    let hash = Arc::from(t.hash.as_str());
+                    self.index.retired_token_hashes.insert(hash);
+                }
+                self.drop_token(token_id)
+            }
         }
     }
 
@@ -114,6 +122,12 @@ impl State {
             .token_by_hash
             .get(hash)
             .and_then(|id| self.tokens.get(id))
+    }
+
+    /// True when a token with this hash is live or was revoked: a hash is used once.
+    pub fn token_hash_known(&self, hash: &str) -> bool {
+        self.index.token_by_hash.contains_key(hash)
+            || self.index.retired_token_hashes.contains(hash)
     }
 
     /// The token named `name`.
