@@ -45,6 +45,9 @@ pub struct QueryApi {
     pub internal: Internal,
 }
 
+/// One chain verify at a time: it reads the whole log.
+static VERIFYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// The query API's routes, each behind the roles that may call it: inventory, settings and
 /// cluster for viewers, history and chain for auditors, tokens for admins (who may call all).
 pub fn router(api: QueryApi) -> Router {
@@ -75,7 +78,25 @@ pub fn router(api: QueryApi) -> Router {
             (api.clone(), ADMIN),
             require,
         ));
-    inventory.merge(history).merge(tokens).with_state(api)
+    inventory
+        .merge(history)
+        .merge(tokens)
+        .layer(middleware::from_fn(time_limit))
+        .with_state(api)
+}
+
+/// Longest a request may take (waits included) before it is answered 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Answers 503 to a request still running after [`REQUEST_TIMEOUT`].
+async fn time_limit(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            ApiError::unavailable(format!("the request took longer than {REQUEST_TIMEOUT:?}"))
+                .into_response()
+        }
+    }
 }
 
 /// Lets a request through when it carries a bearer token of one of `roles`: 401 without a
@@ -679,6 +700,9 @@ async fn chain_head(State(api): State<QueryApi>) -> Result<Response, ApiError> {
 }
 
 async fn verify(State(api): State<QueryApi>) -> Result<Response, ApiError> {
+    let _turn = VERIFYING
+        .try_acquire()
+        .map_err(|_| ApiError::unavailable("a verify is already running; try again later"))?;
     let report = store::log::verify(&api.pool)
         .await
         .map_err(ApiError::internal)?;
