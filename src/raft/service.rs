@@ -35,6 +35,12 @@ const LEADER_WAIT: Duration = Duration::from_secs(5);
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 const CALL_TIMEOUT: Duration = Duration::from_secs(130);
 
+/// Where a cluster operation is carried out.
+enum Route<T> {
+    Leader(ClusterClient<tonic::transport::Channel>, Request<T>),
+    Here(Request<T>),
+}
+
 /// Both internal services of one node.
 #[derive(Clone)]
 pub struct Internal {
@@ -203,6 +209,22 @@ impl Internal {
         Ok(Response::new(ForwardResponse { json }))
     }
 
+    /// Where a membership change is carried out: by the leader (forwarded to it, once at
+    /// most: two nodes that each think the other leads must not bounce it between them), or
+    /// here.
+    async fn route<T>(&self, req: Request<T>) -> Result<Route<T>, Status> {
+        let Some(leader) = self.leader_client().await? else {
+            return Ok(Route::Here(req));
+        };
+        if req.metadata().contains_key(FORWARDED) {
+            return Err(Status::unavailable("the leader is changing; try again"));
+        }
+        let mut fwd = Request::new(req.into_inner());
+        fwd.metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        Ok(Route::Leader(leader, fwd))
+    }
+
     /// The leader's cluster client, when another node leads. Waits a little for an election
     /// (or for a new member to hear from its leader).
     async fn leader_client(
@@ -345,17 +367,10 @@ impl Cluster for Internal {
         &self,
         req: Request<AddLearnerRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        if let Some(mut leader) = self.leader_client().await? {
-            // Forwarded once at most: two nodes that each think the other leads must not
-            // bounce a call between them.
-            if req.metadata().contains_key(FORWARDED) {
-                return Err(Status::unavailable("the leader is changing; try again"));
-            }
-            let mut fwd = Request::new(req.into_inner());
-            fwd.metadata_mut()
-                .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-            return leader.add_learner(fwd).await;
-        }
+        let req = match self.route(req).await? {
+            Route::Leader(mut leader, fwd) => return leader.add_learner(fwd).await,
+            Route::Here(req) => req,
+        };
         let member = req
             .into_inner()
             .member
@@ -393,17 +408,10 @@ impl Cluster for Internal {
         &self,
         req: Request<ChangeMembershipRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        if let Some(mut leader) = self.leader_client().await? {
-            // Forwarded once at most: two nodes that each think the other leads must not
-            // bounce a call between them.
-            if req.metadata().contains_key(FORWARDED) {
-                return Err(Status::unavailable("the leader is changing; try again"));
-            }
-            let mut fwd = Request::new(req.into_inner());
-            fwd.metadata_mut()
-                .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-            return leader.change_membership(fwd).await;
-        }
+        let req = match self.route(req).await? {
+            Route::Leader(mut leader, fwd) => return leader.change_membership(fwd).await,
+            Route::Here(req) => req,
+        };
         let req = req.into_inner();
         let voters: BTreeSet<u64> = req.voters.into_iter().collect();
         if voters.is_empty() {
