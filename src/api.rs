@@ -385,12 +385,7 @@ async fn list(
     p: &ListParams,
     filters: Filters,
 ) -> Result<Response, ApiError> {
-    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "limit: between 1 and {MAX_LIMIT}"
-        )));
-    }
+    let limit = page_limit(p.limit)?;
     let offset = p.offset.unwrap_or(0);
     if offset < 0 {
         return Err(ApiError::invalid("offset: must not be negative"));
@@ -499,6 +494,18 @@ fn capitalized(s: &str) -> String {
     c.next()
         .map(|f| f.to_uppercase().chain(c).collect())
         .unwrap_or_default()
+}
+
+/// The page size asked for, or the default.
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::invalid(format!(
+            "limit: between 1 and {MAX_LIMIT}"
+        )))
+    }
 }
 
 type Params<T> = Result<Query<T>, QueryRejection>;
@@ -622,21 +629,16 @@ struct EventParams {
 
 async fn events(State(api): State<QueryApi>, q: Params<EventParams>) -> Result<Response, ApiError> {
     let Query(p) = q?;
+    let limit = page_limit(p.limit)?;
+    let after = p.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::invalid("after: must not be negative"));
+    }
     api.ready(&Consistency {
         min_revision: p.min_revision,
         consistency: p.consistency.clone(),
     })
     .await?;
-    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "limit: between 1 and {MAX_LIMIT}"
-        )));
-    }
-    let after = p.after.unwrap_or(0);
-    if after < 0 {
-        return Err(ApiError::invalid("after: must not be negative"));
-    }
     let filter = ReadFilter {
         after,
         limit,

@@ -218,11 +218,7 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let internal = Internal::new(
-        dispatcher.clone(),
-        database.pool.clone(),
-        dispatcher.peers().clone(),
-    );
+    let internal = Internal::new(dispatcher.clone(), database.pool.clone());
     let api_listener = TcpListener::bind(args.api_addr)
         .await
         .with_context(|| format!("binding the query API address {}", args.api_addr))?;
@@ -286,7 +282,7 @@ pub async fn serve(
 }
 
 /// The command id of the first admin token: the first node to record it wins.
-pub const ADMIN_TOKEN_COMMAND_ID: &str = "bootstrap-admin-token";
+const ADMIN_TOKEN_COMMAND_ID: &str = "bootstrap-admin-token";
 
 /// On a cluster with no admin token, creates one and writes its secret to
 /// `<data-dir>/admin.token` (mode 0600, replaced atomically). The secret is written before the

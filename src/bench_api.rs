@@ -86,9 +86,7 @@ async fn fill(dispatcher: &Dispatcher, n: usize) -> anyhow::Result<String> {
         .context("adding the host")?;
     let node_id = dispatcher
         .state()
-        .nodes
-        .values()
-        .find(|n| n.node_name == "bench-host")
+        .node_by_name("bench-host")
         .map(|n| n.node_id.clone())
         .context("the host is in the state")?;
     let indexes: Vec<usize> = (0..n).collect();
@@ -149,7 +147,7 @@ pub async fn run(args: BenchApiArgs) -> anyhow::Result<()> {
             .dispatch(viewer, CommandMeta::new("bench"))
             .await
             .context("creating the benchmark's token")?;
-        let internal = Internal::new(dispatcher.clone(), pool.clone(), dispatcher.peers().clone());
+        let internal = Internal::new(dispatcher.clone(), pool.clone());
         let app = router(QueryApi {
             pool: pool.clone(),
             dispatcher: dispatcher.clone(),

@@ -11,7 +11,7 @@ use crate::cluster::CommandClient;
 use crate::commands::CommandMeta;
 use crate::commands::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::config::BenchClusterArgs;
-use crate::raft::network::{Faults, endpoint};
+use crate::raft::network::endpoint;
 use crate::raft::node::NodeConfig;
 use crate::raft::service::Internal;
 use crate::store;
@@ -52,7 +52,6 @@ impl Node {
             id,
             addr: addr.clone(),
             init_single,
-            faults: Faults::default(),
             ..NodeConfig::single()
         };
         let config = DispatcherConfig {
@@ -60,7 +59,7 @@ impl Node {
             ..DispatcherConfig::default()
         };
         let (dispatcher, writer) = Dispatcher::start_node(pool.clone(), config, node).await?;
-        let internal = Internal::new(dispatcher.clone(), pool, dispatcher.peers().clone());
+        let internal = Internal::new(dispatcher.clone(), pool);
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(internal.serve(listener, async {
             let _ = stopped.await;

@@ -3,7 +3,7 @@
 use crate::commands::dispatcher::Applied;
 use crate::commands::{Command, CommandError, CommandMeta};
 use crate::config::{ClusterCliArgs, ClusterOp, TokenCliArgs, TokenOp};
-use crate::raft::network::{MAX_MESSAGE, endpoint};
+use crate::raft::network::endpoint;
 use crate::raft::proto::ForwardRequest;
 use crate::raft::proto::cluster_client::ClusterClient;
 use crate::raft::proto::raft_peer_client::RaftPeerClient;
@@ -83,7 +83,7 @@ pub fn status_json(s: &StatusResponse) -> Value {
 }
 
 /// The status as a table, for people.
-pub fn status_table(s: &StatusResponse) -> String {
+fn status_table(s: &StatusResponse) -> String {
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_owned());
     let mut rows = vec![
         [
@@ -131,11 +131,8 @@ pub struct CommandClient {
 impl CommandClient {
     /// A client for the node at `addr` (connects on first use).
     pub fn new(addr: &str) -> Result<Self, String> {
-        let channel = endpoint(addr)?.connect_lazy();
         Ok(Self {
-            client: RaftPeerClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+            client: crate::raft::network::Peers::default().raft_client(0, addr)?,
         })
     }
 

@@ -17,11 +17,7 @@ use support::*;
 
 /// Serves the query API of `node` on a loopback port; returns its base URL.
 async fn serve_api(node: &TestNode) -> String {
-    let internal = Internal::new(
-        node.dispatcher.clone(),
-        node.pool.clone(),
-        node.dispatcher.peers().clone(),
-    );
+    let internal = Internal::new(node.dispatcher.clone(), node.pool.clone());
     let app = router(QueryApi {
         pool: node.pool.clone(),
         dispatcher: node.dispatcher.clone(),

@@ -189,15 +189,8 @@ impl Dispatcher {
 
     /// The leader as this node knows it: its id and address.
     fn leader(&self) -> Option<(u64, String)> {
-        let m = self.raft.metrics().borrow().clone();
-        let id = m.current_leader?;
-        let addr = m
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
-            .unwrap_or_default();
-        Some((id, addr))
+        crate::raft::leader_of(&self.raft.metrics().borrow())
+            .map(|(id, addr)| (id, addr.unwrap_or_default()))
     }
 
     async fn route(
@@ -537,6 +530,8 @@ struct InFlight {
     decided: Decided,
     /// The term it was proposed in: if the term changes before it lands, it is given up.
     term: u64,
+    /// Its command ids: a repeat of one waits until it lands.
+    ids: HashSet<String>,
 }
 
 impl Writer {
@@ -657,11 +652,7 @@ impl Writer {
         if next.as_ref().is_some_and(|n| n.isolated) {
             return;
         }
-        let in_flight: HashSet<&str> = flying
-            .iter()
-            .flat_map(|f| &f.decided.jobs)
-            .flat_map(|j| j.items.iter().map(|(_, m)| m.command_id.as_str()))
-            .collect();
+
         let mut count = next.as_ref().map_or(0, |n| n.slots.len());
         let mut taken = Vec::new();
         let mut kept = VecDeque::new();
@@ -670,7 +661,7 @@ impl Writer {
             let repeats = job
                 .items
                 .iter()
-                .any(|(_, m)| in_flight.contains(m.command_id.as_str()));
+                .any(|(_, m)| flying.iter().any(|f| f.ids.contains(&m.command_id)));
             let fits =
                 count == 0 || (!job.isolate && count + job.items.len() <= self.config.max_batch);
             if repeats || isolated || !fits {
@@ -843,10 +834,16 @@ impl Writer {
         let term = self
             .ready_term
             .unwrap_or_else(|| self.raft.metrics().borrow().current_term);
+        let ids = decided
+            .jobs
+            .iter()
+            .flat_map(|j| j.items.iter().map(|(_, m)| m.command_id.clone()))
+            .collect();
         InFlight {
             task,
             decided,
             term,
+            ids,
         }
     }
 
@@ -953,14 +950,14 @@ impl Writer {
     /// term), so that no decision rests on a state older than the log.
     async fn ensure_leading(&mut self) -> Result<(), CommandError> {
         let (term, leader, addr) = {
-            let m = self.raft.metrics().borrow().clone();
-            let addr = m.current_leader.and_then(|l| {
-                m.membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-            });
-            (m.current_term, m.current_leader, addr)
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let leader = crate::raft::leader_of(&m);
+            (
+                m.current_term,
+                leader.as_ref().map(|(id, _)| *id),
+                leader.and_then(|(_, addr)| addr),
+            )
         };
         if leader != Some(self.id) {
             self.ready_term = None;

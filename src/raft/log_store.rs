@@ -356,17 +356,20 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // Encoded before the tail is locked: replication reads the tail meanwhile.
         let mut rows = Vec::new();
-        let mut last = None;
+        let mut encoded = Vec::new();
+        for e in entries {
+            let doc =
+                serde_json::to_string(&e).map_err(|err| io(StorageIOError::write_logs, err))?;
+            rows.push((e.log_id.index as i64, doc));
+            encoded.push(e);
+        }
+        let last = encoded.last().map(|e| e.log_id.index);
         {
             let mut t = self.tail();
-            for e in entries {
-                let doc =
-                    serde_json::to_string(&e).map_err(|err| io(StorageIOError::write_logs, err))?;
-                let index = e.log_id.index;
-                rows.push((index as i64, doc));
-                t.entries.insert(index, e);
-                last = Some(index);
+            for e in encoded {
+                t.entries.insert(e.log_id.index, e);
             }
         }
         // Saved when the writer task has committed it; openraft waits for the callback.

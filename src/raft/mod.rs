@@ -55,3 +55,16 @@ pub(crate) fn io(
 ) -> openraft::StorageError<u64> {
     openraft::StorageError::from(make(openraft::AnyError::error(e.to_string())))
 }
+
+/// The leader `metrics` know of: its id and, when the membership names it, its address.
+pub fn leader_of(
+    metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>,
+) -> Option<(u64, Option<String>)> {
+    let id = metrics.current_leader?;
+    let addr = metrics
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.addr.clone());
+    Some((id, addr))
+}

@@ -29,7 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 /// Largest gRPC message between nodes, either way. AppendEntries larger than this is split.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// How long connecting to a peer may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Peers this node must not talk to: a switch for tests that cut the network (a partition is
 /// each side blocking the other). Empty in production.

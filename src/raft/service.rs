@@ -50,7 +50,8 @@ pub struct Internal {
 }
 
 impl Internal {
-    pub fn new(dispatcher: Dispatcher, pool: PgPool, peers: Peers) -> Self {
+    pub fn new(dispatcher: Dispatcher, pool: PgPool) -> Self {
+        let peers = dispatcher.peers().clone();
         Self {
             dispatcher,
             pool,
@@ -235,17 +236,17 @@ impl Internal {
             .wait(Some(LEADER_WAIT))
             .metrics(|m| m.current_leader.is_some(), "a leader")
             .await;
-        let m = self.raft().metrics().borrow().clone();
-        match m.current_leader {
+        let (me, leader) = {
+            let m = self.raft().metrics();
+            let m = m.borrow();
+            (m.id, super::leader_of(&m))
+        };
+        match leader {
             None => Err(Status::unavailable("the cluster has no leader right now")),
-            Some(l) if l == m.id => Ok(None),
-            Some(l) => {
-                let addr = m
-                    .membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-                    .ok_or_else(|| Status::unavailable(format!("leader {l} has no address")))?;
+            Some((l, _)) if l == me => Ok(None),
+            Some((l, addr)) => {
+                let addr =
+                    addr.ok_or_else(|| Status::unavailable(format!("leader {l} has no address")))?;
                 let channel = self.peers.channel(l, &addr).map_err(Status::unavailable)?;
                 Ok(Some(ClusterClient::new(channel)))
             }

@@ -77,7 +77,7 @@ impl TestNode {
         let (dispatcher, _writer) = Dispatcher::start_node(pool.clone(), config, node)
             .await
             .expect("node starts");
-        let internal = Internal::new(dispatcher.clone(), pool.clone(), dispatcher.peers().clone());
+        let internal = Internal::new(dispatcher.clone(), pool.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(internal.serve(listener, async {
             let _ = stopped.await;
