@@ -10,7 +10,7 @@ use crate::config::{CliCommand, DbArgs, EventsArgs, ServeArgs};
 use crate::crypto::Cipher;
 use crate::domain::settings::EnvSettings;
 use crate::embedded_pg::EmbeddedPostgres;
-use crate::raft::network::Faults;
+use crate::raft::network::{Auth, Faults};
 use crate::raft::node::NodeConfig;
 use crate::raft::service::Internal;
 use crate::store::{self, ReadFilter, Secrets};
@@ -179,7 +179,7 @@ pub async fn serve(
         .unwrap_or_else(|| args.db.data_dir.join("cluster.key"));
     // The key is loaded (or created) at start so a bad key file fails fast; the API edge
     // seals secrets with it before they reach a command.
-    let _cipher = match &args.cluster_key_file {
+    let cipher = match &args.cluster_key_file {
         Some(p) => Cipher::load(p)?,
         None => Cipher::load_or_create(&key_path)?,
     };
@@ -207,6 +207,8 @@ pub async fn serve(
         snapshot_every: c.snapshot_every,
         keep_logs: c.keep_logs,
         faults: Faults::default(),
+        // Nodes prove to each other (and the CLI to them) that they hold the cluster key.
+        auth: Auth::new(cipher.internal_auth()),
     };
     let (dispatcher, writer) = Dispatcher::start_node(database.pool.clone(), config, node).await?;
     // One shutdown signal for both servers.

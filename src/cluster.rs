@@ -3,10 +3,9 @@
 use crate::commands::dispatcher::Applied;
 use crate::commands::{Command, CommandError, CommandMeta};
 use crate::config::{ClusterCliArgs, ClusterOp, TokenCliArgs, TokenOp};
-use crate::raft::network::endpoint;
+use crate::raft::network::{Auth, PeerClient, Peers, endpoint};
 use crate::raft::proto::ForwardRequest;
 use crate::raft::proto::cluster_client::ClusterClient;
-use crate::raft::proto::raft_peer_client::RaftPeerClient;
 use crate::raft::proto::{
     AddLearnerRequest, ChangeMembershipRequest, InitRequest, Member, NodeStatus, StatusRequest,
     StatusResponse,
@@ -14,7 +13,13 @@ use crate::raft::proto::{
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use std::time::Duration;
-use tonic::transport::Channel;
+
+/// The credential the CLI presents, from the cluster key file.
+fn cli_auth(key_file: &std::path::Path) -> anyhow::Result<Auth> {
+    let cipher = crate::crypto::Cipher::load(key_file)
+        .with_context(|| "the cluster key is needed to use the internal service")?;
+    Ok(Auth::new(cipher.internal_auth()))
+}
 
 /// Runs one cluster operation and prints the cluster's status after it.
 pub async fn run(args: ClusterCliArgs) -> anyhow::Result<()> {
@@ -23,7 +28,7 @@ pub async fn run(args: ClusterCliArgs) -> anyhow::Result<()> {
         .connect()
         .await
         .with_context(|| format!("connecting to {}", args.addr))?;
-    let mut client = ClusterClient::new(channel);
+    let mut client = ClusterClient::with_interceptor(channel, cli_auth(&args.cluster_key_file)?);
     let answer = match args.op {
         ClusterOp::Status => client.status(StatusRequest {}).await,
         ClusterOp::Init { members } => {
@@ -125,14 +130,20 @@ fn status_table(s: &StatusResponse) -> String {
 /// leader. For tools, tests and benchmarks until the public API exists.
 #[derive(Clone)]
 pub struct CommandClient {
-    client: RaftPeerClient<Channel>,
+    client: PeerClient,
 }
 
 impl CommandClient {
-    /// A client for the node at `addr` (connects on first use).
+    /// A client for the node at `addr` (connects on first use), for nodes without a cluster
+    /// key (tests, benchmarks).
     pub fn new(addr: &str) -> Result<Self, String> {
+        Self::with_auth(addr, Auth::default())
+    }
+
+    /// A client presenting the cluster's credential (`Cipher::internal_auth`).
+    pub fn with_auth(addr: &str, auth: Auth) -> Result<Self, String> {
         Ok(Self {
-            client: crate::raft::network::Peers::default().raft_client(0, addr)?,
+            client: Peers::new(Default::default(), auth).raft_client(0, addr)?,
         })
     }
 
@@ -157,7 +168,8 @@ pub async fn token(args: TokenCliArgs) -> anyhow::Result<()> {
     use crate::commands::tokens::{CreateToken, RevokeToken};
     use crate::domain::Role;
     use crate::domain::token::{new_token_secret, token_hash};
-    let mut client = CommandClient::new(&args.addr).map_err(anyhow::Error::msg)?;
+    let auth = cli_auth(&args.cluster_key_file)?;
+    let mut client = CommandClient::with_auth(&args.addr, auth).map_err(anyhow::Error::msg)?;
     let (command, secret) = match &args.op {
         TokenOp::Create { name, role } => {
             let role = Role::parse(role).context("role")?;

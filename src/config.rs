@@ -136,6 +136,14 @@ pub struct ClusterCliArgs {
     /// A node's internal address (`--raft-addr` of `serve`).
     #[arg(long, env = "PMM_CP_CLUSTER_ADDR", default_value = "127.0.0.1:7774")]
     pub addr: String,
+    /// The cluster key file (the nodes' own), which proves the CLI may use the internal
+    /// service.
+    #[arg(
+        long,
+        env = "PMM_CP_CLUSTER_KEY_FILE",
+        default_value = "./data/cluster.key"
+    )]
+    pub cluster_key_file: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -277,6 +285,14 @@ pub struct TokenCliArgs {
     /// A node's internal address (`--raft-addr` of `serve`).
     #[arg(long, env = "PMM_CP_CLUSTER_ADDR", default_value = "127.0.0.1:7774")]
     pub addr: String,
+    /// The cluster key file (the nodes' own), which proves the CLI may use the internal
+    /// service.
+    #[arg(
+        long,
+        env = "PMM_CP_CLUSTER_KEY_FILE",
+        default_value = "./data/cluster.key"
+    )]
+    pub cluster_key_file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,

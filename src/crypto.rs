@@ -30,6 +30,8 @@ pub enum CryptoError {
 #[derive(Clone)]
 pub struct Cipher {
     aead: Arc<Aes256Gcm>,
+    /// The internal service's credential, derived from the key (not the key itself).
+    internal_auth: Arc<str>,
 }
 
 impl std::fmt::Debug for Cipher {
@@ -41,9 +43,20 @@ impl std::fmt::Debug for Cipher {
 impl Cipher {
     /// A cipher from raw key bytes.
     pub fn from_key(key: &[u8; 32]) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"pmm-cp internal service v1\0");
+        h.update(key);
         Self {
             aead: Arc::new(Aes256Gcm::new(key.into())),
+            internal_auth: Arc::from(hex::encode(h.finalize())),
         }
+    }
+
+    /// What nodes of this cluster (and its CLI) present to each other's internal service: a
+    /// one-way derivation of the cluster key, so it proves the key without revealing it.
+    pub fn internal_auth(&self) -> &str {
+        &self.internal_auth
     }
 
     /// A cipher with a fresh random key (tests, benchmarks).

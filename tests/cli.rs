@@ -17,7 +17,7 @@ fn free_addr() -> String {
 }
 
 /// Runs `pmm-cp` with `args`; returns its exit code and stdout.
-async fn run(args: &[&str]) -> (i32, String) {
+async fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
     let out = Command::new(BIN)
         .args(args)
         .output()
@@ -60,9 +60,27 @@ async fn tokens_made_by_the_cli_open_the_query_api_for_their_role() {
     })
     .await;
 
-    let (code, out) = run(&[
-        "token", "--addr", &raft, "--json", "create", "--name", "ui", "--role", "viewer",
-    ])
+    let key = dir.join("cluster.key");
+    let key = key.to_str().expect("utf-8 path").to_owned();
+    let token = |more: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["token", "--cluster-key-file", &key, "--addr", &raft]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(more.iter().map(|s| s.to_string()));
+        args
+    };
+    // With another cluster's key the internal service refuses the CLI.
+    let other = dir.join("other.key");
+    pmmcp::crypto::Cipher::load_or_create(&other).expect("another key");
+    let other = other.to_str().expect("utf-8 path");
+    let no_key = ["token", "--cluster-key-file", other, "--addr", &raft];
+    let (code, _) =
+        run(&[&no_key[..], &["create", "--name", "x", "--role", "viewer"]].concat()).await;
+    assert_ne!(code, 0);
+    let (code, out) = run(&token(&[
+        "--json", "create", "--name", "ui", "--role", "viewer",
+    ]))
     .await;
     assert_eq!(code, 0, "{out}");
     let created: Value = serde_json::from_str(&out).expect("JSON");
@@ -102,7 +120,7 @@ async fn tokens_made_by_the_cli_open_the_query_api_for_their_role() {
     .await;
     assert_ne!(code, 0);
 
-    let (code, out) = run(&["token", "--addr", &raft, "revoke", "--token", "ui"]).await;
+    let (code, out) = run(&token(&["revoke", "--token", "ui"])).await;
     assert_eq!(code, 0, "{out}");
     let resp = client
         .get(&nodes)
@@ -112,7 +130,16 @@ async fn tokens_made_by_the_cli_open_the_query_api_for_their_role() {
         .expect("request");
     assert_eq!(resp.status().as_u16(), 401);
 
-    let (code, out) = run(&["cluster", "--addr", &raft, "--json", "status"]).await;
+    let (code, out) = run(&[
+        "cluster",
+        "--cluster-key-file",
+        &key,
+        "--addr",
+        &raft,
+        "--json",
+        "status",
+    ])
+    .await;
     assert_eq!(code, 0, "{out}");
     let status: Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(status["leader"], 1);

@@ -7,9 +7,9 @@ mod support;
 
 use pmmcp::cluster::CommandClient;
 use pmmcp::commands::CommandMeta;
-use pmmcp::raft::network::endpoint;
+use pmmcp::crypto::Cipher;
+use pmmcp::raft::network::{Auth, ClusterPeer, Faults, Peers};
 use pmmcp::raft::proto::StatusRequest;
-use pmmcp::raft::proto::cluster_client::ClusterClient;
 use sqlx::PgPool;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -28,6 +28,8 @@ struct Proc {
     url: String,
     dir: PathBuf,
     join: bool,
+    /// The cluster key file every node shares.
+    key: PathBuf,
     child: Option<Child>,
 }
 
@@ -42,6 +44,8 @@ impl Proc {
         cmd.args(["--log", "info", "serve", "--database-url", &self.url])
             .arg("--data-dir")
             .arg(&self.dir)
+            .arg("--cluster-key-file")
+            .arg(&self.key)
             .args(["--node-id", &self.id.to_string(), "--raft-addr", &self.addr])
             .args([
                 "--debug-addr",
@@ -69,8 +73,10 @@ impl Proc {
         }
     }
 
-    fn cluster(&self) -> ClusterClient<tonic::transport::Channel> {
-        ClusterClient::new(endpoint(&self.addr).expect("endpoint").connect_lazy())
+    fn cluster(&self) -> ClusterPeer {
+        Peers::new(Faults::default(), auth(&self.key))
+            .cluster_client(self.id, &self.addr)
+            .expect("client")
     }
 }
 
@@ -79,9 +85,15 @@ fn free_addr() -> String {
     l.local_addr().expect("addr").to_string()
 }
 
-async fn cli(args: &[&str]) -> String {
+/// The cluster's credential, from its key file.
+fn auth(key: &std::path::Path) -> Auth {
+    Auth::new(Cipher::load(key).expect("cluster key").internal_auth())
+}
+
+async fn cli(key: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new(BIN)
-        .args(["--log", "warn", "cluster"])
+        .args(["--log", "warn", "cluster", "--cluster-key-file"])
+        .arg(key)
         .args(args)
         .output()
         .await
@@ -110,10 +122,16 @@ struct Ack {
 
 /// Sends `count` commands one after another, each to the next node in turn; a command that
 /// fails for any reason goes again, with the same id, to the next node (at most 30 s).
-async fn client(task: usize, count: usize, addrs: Vec<String>, acks: Arc<Mutex<Vec<Ack>>>) {
+async fn client(
+    task: usize,
+    count: usize,
+    addrs: Vec<String>,
+    key: PathBuf,
+    acks: Arc<Mutex<Vec<Ack>>>,
+) {
     let mut clients: Vec<CommandClient> = addrs
         .iter()
-        .map(|a| CommandClient::new(a).expect("client"))
+        .map(|a| CommandClient::with_auth(a, auth(&key)).expect("client"))
         .collect();
     let mut next = task;
     for j in 0..count {
@@ -150,6 +168,9 @@ async fn client(task: usize, count: usize, addrs: Vec<String>, acks: Arc<Mutex<V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_under_load_loses_no_acknowledged_command() {
     let root = std::env::temp_dir().join(format!("pmmcp-kill-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&root).expect("root dir");
+    let key = root.join("cluster.key");
+    Cipher::load_or_create(&key).expect("cluster key");
     let mut dbs = Vec::new();
     let mut procs = Vec::new();
     for id in 1..=3u64 {
@@ -162,6 +183,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_command() {
             url: db.url.clone(),
             dir,
             join: id != 1,
+            key: key.clone(),
             child: None,
         });
         dbs.push(db);
@@ -179,25 +201,31 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_command() {
     }
     // Formed with the CLI: two learners added through node 1, promoted through node 2.
     for p in &procs[1..] {
-        cli(&[
-            "--addr",
-            &procs[0].addr,
-            "add-learner",
-            "--id",
-            &p.id.to_string(),
-            "--addr",
-            &p.addr,
-        ])
+        cli(
+            &key,
+            &[
+                "--addr",
+                &procs[0].addr,
+                "add-learner",
+                "--id",
+                &p.id.to_string(),
+                "--addr",
+                &p.addr,
+            ],
+        )
         .await;
     }
-    let out = cli(&[
-        "--addr",
-        &procs[1].addr,
-        "--json",
-        "change-membership",
-        "--voters",
-        "1,2,3",
-    ])
+    let out = cli(
+        &key,
+        &[
+            "--addr",
+            &procs[1].addr,
+            "--json",
+            "change-membership",
+            "--voters",
+            "1,2,3",
+        ],
+    )
     .await;
     let status: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
     assert_eq!(status["leader"], 1);
@@ -210,7 +238,10 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_command() {
     let acks = Arc::new(Mutex::new(Vec::new()));
     let per_client = 150;
     let clients: Vec<_> = (0..4)
-        .map(|t| tokio::spawn(client(t, per_client, addrs.clone(), acks.clone())))
+        .map(|t| {
+            let c = client(t, per_client, addrs.clone(), key.clone(), acks.clone());
+            tokio::spawn(c)
+        })
         .collect();
     wait_until("100 acknowledged commands", Duration::from_secs(60), || {
         let n = acks.lock().unwrap().len();
@@ -301,6 +332,6 @@ fn first_ack_after(acks: &Mutex<Vec<Ack>>, t: Instant) -> Option<Instant> {
 }
 
 async fn status_of(p: &Proc) -> serde_json::Value {
-    let out = cli(&["--addr", &p.addr, "--json", "status"]).await;
+    let out = cli(&p.key, &["--addr", &p.addr, "--json", "status"]).await;
     serde_json::from_str(&out).expect("status JSON")
 }

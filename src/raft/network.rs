@@ -7,6 +7,7 @@
 //! entries instead of failing. Snapshots travel in chunks, each its own call.
 
 use super::TypeConfig;
+use super::proto::cluster_client::ClusterClient;
 use super::proto::raft_peer_client::RaftPeerClient;
 use super::proto::{RaftMessage, SnapshotChunk};
 use openraft::error::{
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// Largest gRPC message between nodes, either way. AppendEntries larger than this is split.
@@ -56,19 +58,79 @@ impl Faults {
     }
 }
 
+/// The metadata key of the internal service's credential.
+pub const AUTH_HEADER: &str = "x-pmm-cp-cluster-auth";
+
+/// The internal service's credential (`Cipher::internal_auth`): added to every call a node or
+/// the CLI makes, and required by every node's internal service. `None` only for nodes without
+/// a cluster key (tests, benchmarks), which neither send nor require one.
+#[derive(Clone, Debug, Default)]
+pub struct Auth(Option<Arc<str>>);
+
+impl Auth {
+    pub fn new(secret: &str) -> Self {
+        Self(Some(Arc::from(secret)))
+    }
+
+    /// Refuses a call that does not carry this credential (the server side).
+    pub fn check(&self, req: &tonic::Request<()>) -> Result<(), tonic::Status> {
+        let Some(expected) = &self.0 else {
+            return Ok(());
+        };
+        let given = req
+            .metadata()
+            .get(AUTH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        // Compared in constant time: the credential is a secret.
+        let same = given.len() == expected.len()
+            && given
+                .bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "this cluster's credential is required (the same cluster key on every node and \
+                 for pmm-cp cluster/token: --cluster-key-file)",
+            ))
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(secret) = &self.0 {
+            let value = tonic::metadata::MetadataValue::try_from(&**secret)
+                .map_err(|_| tonic::Status::internal("the cluster credential is not ASCII"))?;
+            req.metadata_mut().insert(AUTH_HEADER, value);
+        }
+        Ok(req)
+    }
+}
+
+/// A client of a peer's Raft service, carrying the credential.
+pub type PeerClient = RaftPeerClient<InterceptedService<Channel, Auth>>;
+/// A client of a peer's cluster service, carrying the credential.
+pub type ClusterPeer = ClusterClient<InterceptedService<Channel, Auth>>;
+
 /// Connections to peers, one lazily connected HTTP/2 channel per address, shared by openraft's
 /// replication streams and the node's own calls.
 #[derive(Clone, Debug, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     pub faults: Faults,
+    pub auth: Auth,
 }
 
 impl Peers {
-    pub fn new(faults: Faults) -> Self {
+    pub fn new(faults: Faults, auth: Auth) -> Self {
         Self {
             channels: Arc::default(),
             faults,
+            auth,
         }
     }
 
@@ -87,10 +149,20 @@ impl Peers {
     }
 
     /// The Raft peer client for node `peer` at `addr`.
-    pub fn raft_client(&self, peer: u64, addr: &str) -> Result<RaftPeerClient<Channel>, String> {
-        Ok(RaftPeerClient::new(self.channel(peer, addr)?)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE))
+    pub fn raft_client(&self, peer: u64, addr: &str) -> Result<PeerClient, String> {
+        Ok(
+            RaftPeerClient::with_interceptor(self.channel(peer, addr)?, self.auth.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+    }
+
+    /// The cluster-service client for node `peer` at `addr`.
+    pub fn cluster_client(&self, peer: u64, addr: &str) -> Result<ClusterPeer, String> {
+        Ok(ClusterClient::with_interceptor(
+            self.channel(peer, addr)?,
+            self.auth.clone(),
+        ))
     }
 }
 
@@ -155,9 +227,7 @@ pub fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
 }
 
 impl Peer {
-    fn client<E: std::error::Error>(
-        &self,
-    ) -> Result<RaftPeerClient<Channel>, RPCError<u64, BasicNode, E>> {
+    fn client<E: std::error::Error>(&self) -> Result<PeerClient, RPCError<u64, BasicNode, E>> {
         self.peers
             .raft_client(self.target, &self.addr)
             .map_err(unreachable)

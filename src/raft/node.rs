@@ -3,7 +3,7 @@
 
 use super::TypeConfig;
 use super::log_store::PgLogStore;
-use super::network::{Faults, GrpcNetwork, Peers};
+use super::network::{Auth, Faults, GrpcNetwork, Peers};
 use super::state_machine::PgStateMachine;
 use crate::domain::State;
 use crate::store::StoreError;
@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub keep_logs: u64,
     /// Test switch to cut this node off from peers.
     pub faults: Faults,
+    /// The internal service's credential, sent and required.
+    pub auth: Auth,
 }
 
 impl NodeConfig {
@@ -47,6 +49,7 @@ impl NodeConfig {
             snapshot_every: 5000,
             keep_logs: 1000,
             faults: Faults::default(),
+            auth: Auth::default(),
         }
     }
 
@@ -89,7 +92,7 @@ pub async fn start(
     let sm = PgStateMachine::open(pool.clone()).await?;
     let applied = sm.subscribe();
     let raft_config = config.raft_config().map_err(|e| internal(&e))?;
-    let peers = Peers::new(config.faults.clone());
+    let peers = Peers::new(config.faults.clone(), config.auth.clone());
     let network = GrpcNetwork {
         id: config.id,
         peers: peers.clone(),

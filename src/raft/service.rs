@@ -3,8 +3,7 @@
 //! operations (init, add learner, change membership, status).
 
 use super::TypeConfig;
-use super::network::{MAX_MESSAGE, Peers, to_json};
-use super::proto::cluster_client::ClusterClient;
+use super::network::{ClusterPeer, MAX_MESSAGE, Peers, to_json};
 use super::proto::cluster_server::{Cluster, ClusterServer};
 use super::proto::raft_peer_server::{RaftPeer, RaftPeerServer};
 use super::proto::{
@@ -21,6 +20,7 @@ use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -37,7 +37,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(130);
 
 /// Where a cluster operation is carried out.
 enum Route<T> {
-    Leader(ClusterClient<tonic::transport::Channel>, Request<T>),
+    Leader(ClusterPeer, Request<T>),
     Here(Request<T>),
 }
 
@@ -63,21 +63,20 @@ impl Internal {
         self.dispatcher.raft()
     }
 
-    /// The two tonic services, ready for a server.
-    pub fn services(self) -> (RaftPeerServer<Self>, ClusterServer<Self>) {
-        let raft = RaftPeerServer::new(self.clone())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
-        (raft, ClusterServer::new(self))
-    }
-
-    /// Serves both on `listener` until `shutdown` resolves.
+    /// Serves both services on `listener` until `shutdown` resolves. Every call must carry
+    /// this cluster's credential (when the node has one).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
-        let (raft, cluster) = self.services();
+        let auth = self.peers.auth.clone();
+        let check = move |req: Request<()>| auth.check(&req).map(|()| req);
+        let raft = RaftPeerServer::new(self.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let raft = InterceptedService::new(raft, check.clone());
+        let cluster = InterceptedService::new(ClusterServer::new(self), check);
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
@@ -178,7 +177,7 @@ impl Internal {
     }
 
     async fn ask_status(&self, id: u64, addr: &str) -> Result<NodeStatus, String> {
-        let mut client = ClusterClient::new(self.peers.channel(id, addr)?);
+        let mut client = self.peers.cluster_client(id, addr)?;
         let mut req = Request::new(StatusRequest {});
         req.set_timeout(MEMBER_STATUS_TIMEOUT);
         client
@@ -228,9 +227,7 @@ impl Internal {
 
     /// The leader's cluster client, when another node leads. Waits a little for an election
     /// (or for a new member to hear from its leader).
-    async fn leader_client(
-        &self,
-    ) -> Result<Option<ClusterClient<tonic::transport::Channel>>, Status> {
+    async fn leader_client(&self) -> Result<Option<ClusterPeer>, Status> {
         let _ = self
             .raft()
             .wait(Some(LEADER_WAIT))
@@ -247,8 +244,11 @@ impl Internal {
             Some((l, addr)) => {
                 let addr =
                     addr.ok_or_else(|| Status::unavailable(format!("leader {l} has no address")))?;
-                let channel = self.peers.channel(l, &addr).map_err(Status::unavailable)?;
-                Ok(Some(ClusterClient::new(channel)))
+                let client = self
+                    .peers
+                    .cluster_client(l, &addr)
+                    .map_err(Status::unavailable)?;
+                Ok(Some(client))
             }
         }
     }

@@ -69,6 +69,7 @@ impl TestNode {
             snapshot_every: opts.snapshot_every,
             keep_logs: opts.keep_logs,
             faults: faults.clone(),
+            auth: Default::default(),
         };
         let config = DispatcherConfig {
             node_name: format!("node-{id}"),
