@@ -5,10 +5,7 @@
 mod support;
 
 use pmmcp::api::{QueryApi, router};
-use pmmcp::commands::tokens::CreateToken;
-use pmmcp::commands::{Command, CommandMeta};
 use pmmcp::domain::Role;
-use pmmcp::domain::token::{new_token_secret, token_hash};
 use pmmcp::raft::network::Peers;
 use pmmcp::raft::proto::ForwardRequest;
 use pmmcp::raft::service::Internal;
@@ -39,16 +36,7 @@ fn fixture() -> Fixture {
             Opts::default(),
         )
         .await;
-        let token = new_token_secret();
-        let create = CreateToken {
-            name: "admin".to_owned(),
-            role: Role::Admin,
-            hash: token_hash(&token),
-        };
-        node.dispatcher
-            .dispatch(Command::CreateToken(create), CommandMeta::new("t"))
-            .await
-            .expect("token");
+        let token = node.token("admin", Role::Admin).await;
         let app = router(QueryApi {
             pool: node.pool.clone(),
             dispatcher: node.dispatcher.clone(),

@@ -5,10 +5,10 @@
 mod support;
 
 use pmmcp::api::{QueryApi, REVISION_HEADER, router};
-use pmmcp::commands::tokens::{CreateToken, RevokeToken};
+use pmmcp::commands::tokens::RevokeToken;
 use pmmcp::commands::{Command, CommandMeta};
 use pmmcp::domain::Role;
-use pmmcp::domain::token::{new_token_secret, token_hash};
+use pmmcp::domain::token::token_hash;
 use pmmcp::raft::service::Internal;
 use serde_json::Value;
 use std::sync::Arc;
@@ -61,26 +61,6 @@ async fn add_nodes(node: &TestNode, prefix: &str, n: usize, actor: &str) {
     }
 }
 
-/// Records a token of `role` named `name` through `node`; returns its secret.
-async fn token(node: &TestNode, name: &str, role: Role) -> String {
-    let secret = new_token_secret();
-    let create = CreateToken {
-        name: name.to_owned(),
-        role,
-        hash: token_hash(&secret),
-    };
-    let applied = node
-        .dispatcher
-        .dispatch(Command::CreateToken(create), CommandMeta::new("t"))
-        .await
-        .expect("token recorded");
-    node.dispatcher
-        .wait_for(applied.revision, std::time::Duration::from_secs(10))
-        .await
-        .expect("applied here");
-    secret
-}
-
 async fn one_node() -> (TestNode, String, String) {
     let node = TestNode::start(
         1,
@@ -98,7 +78,7 @@ async fn one_node() -> (TestNode, String, String) {
         .await
         .expect("bootstrap");
     let base = serve_api(&node).await;
-    let admin = token(&node, "admin", Role::Admin).await;
+    let admin = node.token("admin", Role::Admin).await;
     (node, base, admin)
 }
 
@@ -284,7 +264,7 @@ async fn the_history_pages_and_filters_and_the_chain_verifies() {
 async fn a_write_on_one_node_is_read_on_another_with_min_revision_or_linearizable() {
     let nodes = three_nodes(Opts::default()).await;
     let apis = [serve_api(&nodes[1]).await, serve_api(&nodes[2]).await];
-    let admin = token(&nodes[0], "admin", Role::Admin).await;
+    let admin = nodes[0].token("admin", Role::Admin).await;
     let at = nodes[0].dispatcher.state().revision;
     for n in &nodes[1..] {
         n.dispatcher
@@ -324,8 +304,8 @@ async fn a_write_on_one_node_is_read_on_another_with_min_revision_or_linearizabl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_needs_a_token_of_a_role_that_may_make_it() {
     let (node, base, admin) = one_node().await;
-    let viewer = token(&node, "ui", Role::Viewer).await;
-    let auditor = token(&node, "audit", Role::Auditor).await;
+    let viewer = node.token("ui", Role::Viewer).await;
+    let auditor = node.token("audit", Role::Auditor).await;
     let nodes = format!("{base}/v1/query/nodes");
     let events = format!("{base}/v1/query/events");
     let tokens = format!("{base}/v1/query/tokens");

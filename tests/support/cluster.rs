@@ -121,6 +121,31 @@ impl TestNode {
         )
     }
 
+    /// Records a token of `role` named `name` through this node and waits until this node has
+    /// applied it; returns the token's secret.
+    pub async fn token(&self, name: &str, role: pmmcp::domain::Role) -> String {
+        use pmmcp::domain::token::{new_token_secret, token_hash};
+        let secret = new_token_secret();
+        let create = pmmcp::commands::tokens::CreateToken {
+            name: name.to_owned(),
+            role,
+            hash: token_hash(&secret),
+        };
+        let applied = self
+            .dispatcher
+            .dispatch(
+                pmmcp::commands::Command::CreateToken(create),
+                pmmcp::commands::CommandMeta::new("t"),
+            )
+            .await
+            .expect("token recorded");
+        self.dispatcher
+            .wait_for(applied.revision, Duration::from_secs(10))
+            .await
+            .expect("applied here");
+        secret
+    }
+
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<u64> {
         self.dispatcher.raft().metrics().borrow().current_leader
