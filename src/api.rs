@@ -384,6 +384,7 @@ async fn list(
     spec: &ListSpec,
     p: &ListParams,
     filters: Filters,
+    exists: impl FnOnce(&crate::domain::State) -> Result<(), ApiError>,
 ) -> Result<Response, ApiError> {
     let limit = page_limit(p.limit)?;
     let offset = p.offset.unwrap_or(0);
@@ -405,6 +406,7 @@ async fn list(
     };
     // Waits only for a request that is otherwise valid.
     api.ready(&p.consistency()).await?;
+    exists(&api.dispatcher.state())?;
     // One statement, so one snapshot: the rows, the total and the revision agree, in one
     // round trip.
     let order = format!(
@@ -522,7 +524,7 @@ async fn list_nodes(
         "t.node_type",
         &enum_filter(&p.node_type, "NODE_TYPE_", "_NODE"),
     );
-    list(&api, &NODES, &p, f).await
+    list(&api, &NODES, &p, f, |_| Ok(())).await
 }
 
 async fn list_services(
@@ -536,7 +538,7 @@ async fn list_services(
     let service_type = enum_filter(&p.service_type, "SERVICE_TYPE_", "_SERVICE");
     push_filter(&mut f, "t.service_type", &service_type);
     push_filter(&mut f, "t.external_group", &p.external_group);
-    list(&api, &SERVICES, &p, f).await
+    list(&api, &SERVICES, &p, f, |_| Ok(())).await
 }
 
 async fn list_agents(
@@ -564,7 +566,25 @@ async fn list_agents(
         _ => t.replace('-', "_"),
     });
     push_filter(&mut f, "replace(t.agent_type, '-', '_')", &agent_type);
-    list(&api, &AGENTS, &p, f).await
+    // PMM: the pmm-agent, node or service filtered on must exist.
+    let exists = |state: &crate::domain::State| {
+        let missing = if let Some(id) = p.pmm_agent_id.as_deref().filter(|v| !v.is_empty()) {
+            (!state.agents.contains_key(&crate::domain::AgentId::from(id)))
+                .then(|| format!("Agent with ID {id:?} not found."))
+        } else if let Some(id) = p.node_id.as_deref().filter(|v| !v.is_empty()) {
+            (!state.nodes.contains_key(&crate::domain::NodeId::from(id)))
+                .then(|| format!("Node with ID {id:?} not found."))
+        } else if let Some(id) = p.service_id.as_deref().filter(|v| !v.is_empty()) {
+            (!state
+                .services
+                .contains_key(&crate::domain::ServiceId::from(id)))
+            .then(|| format!("Service with ID {id:?} not found."))
+        } else {
+            None
+        };
+        missing.map_or(Ok(()), |m| Err(ApiError::not_found(m)))
+    };
+    list(&api, &AGENTS, &p, f, exists).await
 }
 
 async fn get_node(

@@ -162,6 +162,16 @@ async fn get_by_id_finds_an_item_and_an_unknown_id_is_not_found() {
     assert_eq!(status, 404);
     assert_eq!(body["error"], "NotFound");
     assert_eq!(body["message"], "Node with ID \"nope\" not found.");
+    // As in PMM, the pmm-agent, node or service an agent list filters on must exist.
+    let (status, _, body) = get(&admin, &format!("{base}/v1/query/agents?node_id=nope")).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["message"], "Node with ID \"nope\" not found.");
+    let (status, _, body) = get(
+        &admin,
+        &format!("{base}/v1/query/agents?pmm_agent_id=pmm-server"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     let (status, _, body) = get(&admin, &format!("{base}/v1/query/settings")).await;
     assert_eq!(status, 200);
     assert!(body["settings"].is_object());
