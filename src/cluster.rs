@@ -23,12 +23,13 @@ fn cli_auth(key_file: &std::path::Path) -> anyhow::Result<Auth> {
 
 /// Runs one cluster operation and prints the cluster's status after it.
 pub async fn run(args: ClusterCliArgs) -> anyhow::Result<()> {
-    let channel = endpoint(&args.addr)
+    let channel = endpoint(&args.node.addr)
         .map_err(anyhow::Error::msg)?
         .connect()
         .await
-        .with_context(|| format!("connecting to {}", args.addr))?;
-    let mut client = ClusterClient::with_interceptor(channel, cli_auth(&args.cluster_key_file)?);
+        .with_context(|| format!("connecting to {}", args.node.addr))?;
+    let mut client =
+        ClusterClient::with_interceptor(channel, cli_auth(&args.node.cluster_key_file)?);
     let answer = match args.op {
         ClusterOp::Status => client.status(StatusRequest {}).await,
         ClusterOp::Init { members } => {
@@ -168,8 +169,8 @@ pub async fn token(args: TokenCliArgs) -> anyhow::Result<()> {
     use crate::commands::tokens::{CreateToken, RevokeToken};
     use crate::domain::Role;
     use crate::domain::token::{new_token_secret, token_hash};
-    let auth = cli_auth(&args.cluster_key_file)?;
-    let mut client = CommandClient::with_auth(&args.addr, auth).map_err(anyhow::Error::msg)?;
+    let auth = cli_auth(&args.node.cluster_key_file)?;
+    let mut client = CommandClient::with_auth(&args.node.addr, auth).map_err(anyhow::Error::msg)?;
     let (command, secret) = match &args.op {
         TokenOp::Create { name, role } => {
             let role = Role::parse(role).context("role")?;

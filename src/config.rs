@@ -129,10 +129,9 @@ impl Default for ClusterArgs {
     }
 }
 
-/// `pmm-cp cluster ...`: operations on a running cluster, through any node's internal
-/// service.
+/// How the CLI reaches a node's internal service.
 #[derive(Debug, Clone, Args)]
-pub struct ClusterCliArgs {
+pub struct InternalArgs {
     /// A node's internal address (`--raft-addr` of `serve`).
     #[arg(long, env = "PMM_CP_CLUSTER_ADDR", default_value = "127.0.0.1:7774")]
     pub addr: String,
@@ -144,6 +143,14 @@ pub struct ClusterCliArgs {
         default_value = "./data/cluster.key"
     )]
     pub cluster_key_file: PathBuf,
+}
+
+/// `pmm-cp cluster ...`: operations on a running cluster, through any node's internal
+/// service.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterCliArgs {
+    #[command(flatten)]
+    pub node: InternalArgs,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -282,17 +289,8 @@ pub struct BenchApiArgs {
 /// `pmm-cp token ...`, sent through any node's internal service.
 #[derive(Debug, Clone, Args)]
 pub struct TokenCliArgs {
-    /// A node's internal address (`--raft-addr` of `serve`).
-    #[arg(long, env = "PMM_CP_CLUSTER_ADDR", default_value = "127.0.0.1:7774")]
-    pub addr: String,
-    /// The cluster key file (the nodes' own), which proves the CLI may use the internal
-    /// service.
-    #[arg(
-        long,
-        env = "PMM_CP_CLUSTER_KEY_FILE",
-        default_value = "./data/cluster.key"
-    )]
-    pub cluster_key_file: PathBuf,
+    #[command(flatten)]
+    pub node: InternalArgs,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,

@@ -29,6 +29,18 @@ async fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
     )
 }
 
+/// GET `url` with a bearer token: the status.
+async fn status_with(url: &str, token: &str) -> u16 {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_made_by_the_cli_open_the_query_api_for_their_role() {
     let db = TestDb::new().await;
@@ -100,35 +112,17 @@ async fn tokens_made_by_the_cli_open_the_query_api_for_their_role() {
     let body: Value = resp.json().await.expect("body");
     assert!(body["total"].as_i64().is_some_and(|n| n >= 1), "{body}");
     let events = format!("http://{api}/v1/query/events");
-    let resp = client
-        .get(&events)
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(resp.status().as_u16(), 403);
+    assert_eq!(status_with(&events, &viewer).await, 403);
 
     // A bad role is refused by the CLI with a failing exit code; a taken name by the server.
-    let (code, _) = run(&[
-        "token", "--addr", &raft, "create", "--name", "x", "--role", "root",
-    ])
-    .await;
+    let (code, _) = run(&token(&["create", "--name", "x", "--role", "root"])).await;
     assert_ne!(code, 0);
-    let (code, _) = run(&[
-        "token", "--addr", &raft, "create", "--name", "ui", "--role", "viewer",
-    ])
-    .await;
+    let (code, _) = run(&token(&["create", "--name", "ui", "--role", "viewer"])).await;
     assert_ne!(code, 0);
 
     let (code, out) = run(&token(&["revoke", "--token", "ui"])).await;
     assert_eq!(code, 0, "{out}");
-    let resp = client
-        .get(&nodes)
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(status_with(&nodes, &viewer).await, 401);
 
     let (code, out) = run(&[
         "cluster",

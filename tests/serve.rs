@@ -75,19 +75,14 @@ async fn start(args: ServeArgs) -> Running {
 impl Running {
     /// Waits for the health endpoint and returns its JSON.
     async fn health(&self) -> serde_json::Value {
-        // Polls a condition with a deadline; the interval only paces the polling.
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        loop {
+        let addr = self.addr;
+        wait_until("the debug health endpoint", Duration::from_secs(90), || {
             assert!(!self.task.is_finished(), "serve stopped early");
-            if let Some(body) = get(self.addr, "/debug/health").await {
-                return serde_json::from_str(&body).expect("health is JSON");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting for the debug health endpoint"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            async move { get(addr, "/debug/health").await.is_some() }
+        })
+        .await;
+        let body = get(addr, "/debug/health").await.expect("health answers");
+        serde_json::from_str(&body).expect("health is JSON")
     }
 
     async fn stop(self) {
