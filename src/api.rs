@@ -14,7 +14,6 @@
 use crate::commands::CommandError;
 use crate::commands::dispatcher::Dispatcher;
 use crate::domain::Role;
-use crate::domain::token::token_hash;
 use crate::raft::service::Internal;
 use crate::store::{self, ReadFilter, Secrets};
 use axum::extract::rejection::QueryRejection;
@@ -112,48 +111,16 @@ async fn require(
     }
 }
 
-/// Checks the bearer token in `headers` against the tokens in `state`.
+/// Checks the bearer token in `headers` against the tokens in `state` (the same check as the
+/// public API's).
 pub fn authorize(
     state: &crate::domain::State,
     headers: &HeaderMap,
     roles: &[Role],
 ) -> Result<(), ApiError> {
-    let unauthenticated = |message: &str| ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        error: "Unauthenticated",
-        message: message.to_owned(),
-    };
-    let secret = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            // The scheme is case-insensitive (RFC 7235).
-            let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(rest)
-        })
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| unauthenticated("a bearer token is required (Authorization: Bearer ...)"))?;
-    let token = state
-        .token_by_hash(&token_hash(secret))
-        .ok_or_else(|| unauthenticated("the token is not valid (unknown or revoked)"))?;
-    if roles.contains(&token.role) {
-        Ok(())
-    } else {
-        Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            error: "PermissionDenied",
-            message: format!(
-                "a {} token may not call this; it needs one of: {}",
-                token.role.as_str(),
-                roles
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        })
-    }
+    crate::grpc::authenticate(state, headers, roles)
+        .map(drop)
+        .map_err(ApiError::from)
 }
 
 /// An error answer: `{error, message}` with the matching HTTP status.
@@ -207,6 +174,16 @@ impl IntoResponse for ApiError {
             );
         }
         resp
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(s: tonic::Status) -> Self {
+        Self {
+            status: crate::grpc::http_status(s.code()),
+            error: crate::grpc::code_name(s.code()),
+            message: s.message().to_owned(),
+        }
     }
 }
 

@@ -45,6 +45,11 @@ pub async fn run(command: CliCommand) -> anyhow::Result<()> {
         CliCommand::BenchApi(args) => crate::bench_api::run(args).await,
         CliCommand::Cluster(args) => crate::cluster::run(args).await,
         CliCommand::Token(args) => crate::cluster::token(args).await,
+        CliCommand::Admin(args) => crate::admin::run(args).await,
+        CliCommand::Openapi => {
+            print!("{}", crate::grpc::openapi::document());
+            Ok(())
+        }
     }
 }
 
@@ -225,13 +230,20 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding the query API address {}", args.api_addr))?;
     let api_addr = api_listener.local_addr()?;
-    let query = crate::api::router(crate::api::QueryApi {
+    let query = crate::api::QueryApi {
         pool: database.pool.clone(),
         dispatcher: dispatcher.clone(),
         internal: internal.clone(),
-    });
+    };
+    // One port for everything public: gRPC (HTTP/2) and REST (HTTP/1.1 or 2).
+    let public = crate::grpc::Api::new(
+        dispatcher.clone(),
+        database.pool.clone(),
+        Arc::new(cipher.clone()),
+    );
+    let router = crate::grpc::router(public, query)?;
     let api_task = tokio::spawn(
-        axum::serve(api_listener, query)
+        axum::serve(api_listener, router)
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
     );
@@ -254,7 +266,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     info!(%addr, %raft_addr, node_id = c.node_id, revision, key = %key_path.display(), data_dir = %args.db.data_dir.display(), "pmm-cp ready");
     println!(
-        "pmm-cp ready: query API http://{api_addr}/v1/query, debug http://{addr}/debug/health, internal {raft_addr}, node {}, revision {revision}",
+        "pmm-cp ready: API (gRPC and REST) http://{api_addr}, query API http://{api_addr}/v1/query, debug http://{addr}/debug/health, internal {raft_addr}, node {}, revision {revision}",
         c.node_id
     );
     let router = crate::app::debug_router(dispatcher.clone());

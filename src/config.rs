@@ -20,6 +20,11 @@ pub struct Cli {
 pub enum CliCommand {
     /// Run the server (the default PostgreSQL is a private one in the data directory).
     Serve(ServeArgs),
+    /// A pmm-admin-like client of the API: register, add, list, remove, settings, status,
+    /// history, completions.
+    Admin(crate::admin::AdminArgs),
+    /// Print the OpenAPI document of the REST API.
+    Openapi,
     /// Walk the event log's hash chain and report the first altered or missing event.
     Verify(DbArgs),
     /// Drop and recreate the query tables from the event log.

@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! PMM's control plane, rebuilt as an event-sourced CQRS system.
 //!
 //! Map of the crate (see `../shared/DESIGN.md` for the architecture):
@@ -16,6 +17,7 @@
 //! - [`bench`], [`bench_cluster`] and [`bench_api`]: the benchmarks behind `pmm-cp bench`,
 //!   `pmm-cp bench-cluster` and `pmm-cp bench-api`.
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod bench;
@@ -28,5 +30,6 @@ pub mod crypto;
 pub mod domain;
 pub mod embedded_pg;
 pub mod events;
+pub mod grpc;
 pub mod raft;
 pub mod store;

@@ -41,13 +41,20 @@ async fn status_with(url: &str, token: &str) -> u16 {
         .as_u16()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_made_by_the_cli_open_the_query_api_for_their_role() {
+/// Starts `pmm-cp serve` on its own database and data directory; returns them, the internal
+/// and API addresses, and the process (killed when dropped), once the admin token is written.
+async fn start_server() -> (
+    TestDb,
+    std::path::PathBuf,
+    String,
+    String,
+    tokio::process::Child,
+) {
     let db = TestDb::new().await;
     let dir = std::env::temp_dir().join(format!("pmmcp-cli-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("data dir");
     let (raft, api) = (free_addr(), free_addr());
-    let mut server = Command::new(BIN)
+    let server = Command::new(BIN)
         .args(["--log", "warn", "serve", "--database-url", &db.url])
         .arg("--data-dir")
         .arg(&dir)
@@ -71,6 +78,14 @@ async fn tokens_made_by_the_cli_open_the_query_api_for_their_role() {
         async move { exists }
     })
     .await;
+
+    (db, dir, raft, api, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_made_by_the_cli_open_the_query_api_for_their_role() {
+    let (db, dir, raft, api, mut server) = start_server().await;
+    let _keep = &db;
 
     let key = dir.join("cluster.key");
     let key = key.to_str().expect("utf-8 path").to_owned();
@@ -139,6 +154,167 @@ async fn tokens_made_by_the_cli_open_the_query_api_for_their_role() {
     assert_eq!(status["leader"], 1);
     assert_eq!(status["members"][0]["voter"], true);
 
+    server.kill().await.expect("stop");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_registers_adds_lists_and_removes_with_json_and_exit_codes() {
+    let (_db, dir, _raft, api, mut server) = start_server().await;
+    let token_file = dir.join("admin.token");
+    let base = format!("http://{api}");
+    let admin = |more: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "admin".into(),
+            "--server".into(),
+            base.clone(),
+            "--token-file".into(),
+            token_file.to_str().expect("utf-8").into(),
+        ];
+        args.extend(more.iter().map(|s| s.to_string()));
+        args
+    };
+    let json = |out: &str| -> Value { serde_json::from_str(out).expect("JSON output") };
+
+    let (code, out) = run(&admin(&["--json", "status"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json(&out)["leader"], true);
+    let (code, out) = run(&admin(&[
+        "--json",
+        "register",
+        "--node-name",
+        "web1",
+        "--address",
+        "10.0.0.5",
+        "--custom-labels",
+        "env=dev",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let registered = json(&out);
+    assert_eq!(registered["generic_node"]["custom_labels"]["env"], "dev");
+    let pmm_agent = registered["pmm_agent"]["agent_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // Registering the same name again: AlreadyExists is exit code 5.
+    let (code, _) = run(&admin(&[
+        "register",
+        "--node-name",
+        "web1",
+        "--address",
+        "10.0.0.5",
+    ]))
+    .await;
+    assert_eq!(code, 5);
+
+    let (code, out) = run(&admin(&[
+        "--json",
+        "add",
+        "mysql",
+        "shop-db",
+        "10.0.0.5:3306",
+        "--pmm-agent-id",
+        &pmm_agent,
+        "--node-name",
+        "web1",
+        "--username",
+        "pmm",
+        "--password",
+        "pw",
+        "--query-source",
+        "slowlog",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let added = json(&out);
+    assert_eq!(added["mysql"]["service"]["service_name"], "shop-db");
+    assert!(
+        added["mysql"]["qan_mysql_slowlog"]["agent_id"].is_string(),
+        "{added}"
+    );
+    // A query source of another database type is a usage error (2) and sends nothing.
+    let (code, _) = run(&admin(&[
+        "add",
+        "mysql",
+        "x",
+        "10.0.0.5:3306",
+        "--pmm-agent-id",
+        &pmm_agent,
+        "--query-source",
+        "profiler",
+    ]))
+    .await;
+    assert_eq!(code, 2);
+
+    let (code, out) = run(&admin(&["--json", "list"])).await;
+    assert_eq!(code, 0, "{out}");
+    let listed = json(&out);
+    assert!(
+        listed["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .any(|s| s["service_name"] == "shop-db")
+    );
+    let (code, out) = run(&admin(&["list"])).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("shop-db") && out.contains("web1"),
+        "a table for people: {out}"
+    );
+
+    let (code, out) = run(&admin(&[
+        "--json",
+        "settings",
+        "change",
+        "--data-retention",
+        "10d",
+        "--metrics-resolution-hr",
+        "10s",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json(&out)["settings"]["data_retention"], "864000s");
+    let (code, _) = run(&admin(&[
+        "settings",
+        "change",
+        "--metrics-resolution-hr",
+        "500ms",
+    ]))
+    .await;
+    assert_eq!(code, 2, "not a whole duration: refused before sending");
+    let (code, _) = run(&admin(&["settings", "change", "--data-retention", "1h"])).await;
+    assert_eq!(code, 3, "the server refuses it as invalid");
+
+    let (code, _) = run(&admin(&["remove", "postgresql", "shop-db"])).await;
+    assert_eq!(code, 3, "wrong service type");
+    let (code, _) = run(&admin(&["remove", "mysql", "shop-db"])).await;
+    assert_eq!(code, 0);
+    let (code, _) = run(&admin(&["remove", "mysql", "shop-db"])).await;
+    assert_eq!(code, 4, "gone");
+
+    let (code, out) = run(&admin(&[
+        "--json",
+        "events",
+        "--limit",
+        "5",
+        "--event-type",
+        "ServiceAdded",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json(&out)["events"][0]["event_type"], "ServiceAdded");
+    let (code, _) = run(&[
+        &admin(&[])[..],
+        &["--token".into(), "wrong".into(), "status".into()],
+    ]
+    .concat())
+    .await;
+    assert_eq!(code, 6);
+    let (code, out) = run(&admin(&["completions", "bash"])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("pmm-cp"), "a bash completion script");
     server.kill().await.expect("stop");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,7 +11,6 @@ use pmmcp::domain::Role;
 use pmmcp::domain::token::token_hash;
 use pmmcp::raft::service::Internal;
 use serde_json::Value;
-use std::sync::Arc;
 use support::cluster::{Opts, TestNode, three_nodes};
 use support::*;
 
@@ -62,21 +61,7 @@ async fn add_nodes(node: &TestNode, prefix: &str, n: usize, actor: &str) {
 }
 
 async fn one_node() -> (TestNode, String, String) {
-    let node = TestNode::start(
-        1,
-        Arc::new(TestDb::new().await),
-        None,
-        true,
-        Opts::default(),
-    )
-    .await;
-    node.dispatcher
-        .dispatch(
-            Command::BootstrapServer(Default::default()),
-            CommandMeta::with_id("bootstrap", "system"),
-        )
-        .await
-        .expect("bootstrap");
+    let node = TestNode::single().await;
     let base = serve_api(&node).await;
     let admin = node.token("admin", Role::Admin).await;
     (node, base, admin)

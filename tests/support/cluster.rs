@@ -96,6 +96,26 @@ impl TestNode {
         }
     }
 
+    /// A one-node cluster on a new database with the PMM Server's own entities recorded.
+    pub async fn single() -> Self {
+        let node = Self::start(
+            1,
+            Arc::new(TestDb::new().await),
+            None,
+            true,
+            Opts::default(),
+        )
+        .await;
+        node.dispatcher
+            .dispatch(
+                pmmcp::commands::Command::BootstrapServer(Default::default()),
+                pmmcp::commands::CommandMeta::with_id("bootstrap", "system"),
+            )
+            .await
+            .expect("bootstrap");
+        node
+    }
+
     /// Stops the node (Raft, its service, its pool) and returns what a restart needs.
     pub async fn stop(mut self) -> (Arc<TestDb>, SocketAddr, Opts) {
         self.dispatcher.shutdown().await;
@@ -144,6 +164,26 @@ impl TestNode {
             .await
             .expect("applied here");
         secret
+    }
+
+    /// Serves this node's public API (gRPC, REST and the query API, on one loopback port);
+    /// returns its address.
+    pub async fn serve_public(&self) -> SocketAddr {
+        let api = pmmcp::grpc::Api::new(
+            self.dispatcher.clone(),
+            self.pool.clone(),
+            Arc::new(pmmcp::crypto::Cipher::random()),
+        );
+        let query = pmmcp::api::QueryApi {
+            pool: self.pool.clone(),
+            dispatcher: self.dispatcher.clone(),
+            internal: Internal::new(self.dispatcher.clone(), self.pool.clone()),
+        };
+        let app = pmmcp::grpc::router(api, query).expect("the public router builds");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
     }
 
     /// The leader this node knows of.
