@@ -208,7 +208,8 @@ pub struct DbServiceArgs {
     pub placement: Placement,
     #[arg(long)]
     pub username: Option<String>,
-    #[arg(long)]
+    /// The database password (better from PMM_CP_SERVICE_PASSWORD: arguments show in `ps`).
+    #[arg(long, env = "PMM_CP_SERVICE_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     #[arg(long)]
     pub skip_connection_check: bool,
@@ -299,7 +300,7 @@ pub struct CloudArgs {
     pub engine: String,
     #[arg(long)]
     pub username: String,
-    #[arg(long)]
+    #[arg(long, env = "PMM_CP_SERVICE_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// Also add query analytics.
     #[arg(long)]
@@ -311,12 +312,12 @@ pub struct CloudArgs {
     pub rds_exporter: bool,
     #[arg(long)]
     pub aws_access_key: Option<String>,
-    #[arg(long)]
+    #[arg(long, env = "PMM_CP_AWS_SECRET_KEY", hide_env_values = true)]
     pub aws_secret_key: Option<String>,
     /// Azure: credentials and resource group (all needed for Azure).
     #[arg(long)]
     pub azure_client_id: Option<String>,
-    #[arg(long)]
+    #[arg(long, env = "PMM_CP_AZURE_CLIENT_SECRET", hide_env_values = true)]
     pub azure_client_secret: Option<String>,
     #[arg(long)]
     pub azure_tenant_id: Option<String>,
@@ -468,13 +469,14 @@ fn duration(text: &str) -> anyhow::Result<String> {
     };
     let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
     let n: u64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(bad()),
     };
+    let secs = n.checked_mul(unit_secs).ok_or_else(bad)?;
     Ok(format!("{secs}s"))
 }
 
@@ -792,15 +794,40 @@ async fn list(c: &Client, node_id: Option<String>) -> anyhow::Result<Value> {
         .await
         .map_err(from_status)?
         .into_inner();
-    let mut a = inv::agents_service_client::AgentsServiceClient::new(c.channel.clone());
-    let agents = a
-        .list_agents(c.request(inv::ListAgentsRequest {
-            node_id: node_id.clone().unwrap_or_default(),
-            ..Default::default()
-        })?)
-        .await
-        .map_err(from_status)?
-        .into_inner();
+    // Every agent, or (with --node-id) the node's as management sees them: those on it and
+    // those running there.
+    let agents = match &node_id {
+        None => {
+            let mut a = inv::agents_service_client::AgentsServiceClient::new(c.channel.clone());
+            let all = a
+                .list_agents(c.request(inv::ListAgentsRequest::default())?)
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            to_json(&all)
+        }
+        Some(id) => {
+            let on_node = m
+                .list_agents(c.request(mgmt::ListAgentsRequest {
+                    node_id: id.clone(),
+                    ..Default::default()
+                })?)
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let mut groups = Map::new();
+            for a in to_json(&on_node)["agents"].as_array().into_iter().flatten() {
+                let kind = a["agent_type"]
+                    .as_str()
+                    .unwrap_or("agent")
+                    .replace('-', "_");
+                if let Value::Array(list) = groups.entry(kind).or_insert_with(|| json!([])) {
+                    list.push(a.clone());
+                }
+            }
+            Value::Object(groups)
+        }
+    };
     let nodes: Vec<Value> = to_json(&nodes)["nodes"]
         .as_array()
         .cloned()
@@ -811,7 +838,7 @@ async fn list(c: &Client, node_id: Option<String>) -> anyhow::Result<Value> {
     Ok(json!({
         "nodes": nodes,
         "services": to_json(&services)["services"],
-        "agents": to_json(&agents),
+        "agents": agents,
     }))
 }
 

@@ -4,7 +4,7 @@
 //! get-by-id and a list page (100 items from the middle, with the total) over 1,000 and
 //! 10,000 services.
 
-use crate::api::{QueryApi, router};
+use crate::api::QueryApi;
 use crate::bench::ScratchDb;
 use crate::commands::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::commands::nodes::AddNode;
@@ -148,12 +148,18 @@ pub async fn run(args: BenchApiArgs) -> anyhow::Result<()> {
             .await
             .context("creating the benchmark's token")?;
         let internal = Internal::new(dispatcher.clone(), pool.clone());
-        let app = router(QueryApi {
+        let public = crate::grpc::Api::new(
+            dispatcher.clone(),
+            pool.clone(),
+            std::sync::Arc::new(crate::crypto::Cipher::random()),
+        );
+        let query = QueryApi {
             pool: pool.clone(),
             dispatcher: dispatcher.clone(),
             internal,
-        })
-        .merge(crate::app::debug_router(dispatcher.clone()));
+        };
+        let app =
+            crate::grpc::router(public, query)?.merge(crate::app::debug_router(dispatcher.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -172,6 +178,10 @@ pub async fn run(args: BenchApiArgs) -> anyhow::Result<()> {
             (
                 format!("get service by id ({n} services)"),
                 format!("{base}/v1/query/services/{id}"),
+            ),
+            (
+                format!("get service by id, PMM REST ({n} services)"),
+                format!("{base}/v1/inventory/services/{id}"),
             ),
             (
                 format!("list page of 100, with total ({n} services)"),

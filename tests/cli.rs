@@ -312,6 +312,18 @@ async fn the_admin_cli_registers_adds_lists_and_removes_with_json_and_exit_codes
     .concat())
     .await;
     assert_eq!(code, 6);
+    let (code, _) = run(&[
+        "admin",
+        "--server",
+        "http://127.0.0.1:1",
+        "--token",
+        "t",
+        "--timeout",
+        "5",
+        "status",
+    ])
+    .await;
+    assert_eq!(code, 7, "nothing listens there: unavailable");
     let (code, out) = run(&admin(&["completions", "bash"])).await;
     assert_eq!(code, 0);
     assert!(out.contains("pmm-cp"), "a bash completion script");

@@ -1145,6 +1145,19 @@ async fn a_command_on_one_node_is_read_on_another_with_min_revision() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["node"]["node_name"], "c1", "{body}");
     assert!(body["revision"].as_i64().expect("revision") >= revision);
+    // A command that changes nothing, sent through a follower, still answers at a revision
+    // that includes everything before it.
+    let resp = server_svc(&writer)
+        .change_settings(authed(srv::ChangeSettingsRequest::default(), &writer.admin))
+        .await
+        .expect("a no-op");
+    let noop_revision: i64 = resp
+        .metadata()
+        .get("x-pmm-revision")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("revision");
+    assert!(noop_revision >= revision, "{noop_revision} < {revision}");
     drop(n1);
 }
 
@@ -1174,4 +1187,238 @@ async fn the_openapi_document_is_served_and_matches_the_checked_in_copy() {
             route.path
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_over_rest_route_by_route() {
+    let s = server().await;
+    let url = |p: &str| format!("{}{p}", s.base);
+    let call = |method: &'static str, path: String, body: Option<String>| {
+        let (u, token) = (url(&path), s.admin.clone());
+        async move {
+            let (status, v) = rest(method, &u, Some(&token), body.as_deref()).await;
+            assert_eq!(status, 200, "{method} {path}: {v}");
+            v
+        }
+    };
+    let node = call(
+        "POST",
+        "/v1/inventory/nodes".into(),
+        Some(
+            r#"{"container": {"node_name": "c1", "address": "10.0.0.2", "container_id": "abc"}}"#
+                .into(),
+        ),
+    )
+    .await;
+    let node_id = node["container"]["node_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // Enums in query parameters by name or by number (as grpc-gateway takes them).
+    let by_name = call(
+        "GET",
+        "/v1/inventory/nodes?node_type=NODE_TYPE_CONTAINER_NODE".into(),
+        None,
+    )
+    .await;
+    let by_number = call("GET", "/v1/inventory/nodes?node_type=2".into(), None).await;
+    assert_eq!(by_name, by_number);
+    assert_eq!(by_name["container"][0]["node_name"], "c1");
+    call("GET", format!("/v1/inventory/nodes/{node_id}"), None).await;
+
+    let svc = call("POST", "/v1/inventory/services".into(), Some(format!(r#"{{"postgresql": {{"service_name": "pg", "node_id": "{node_id}", "address": "10.0.0.2", "port": 5432}}}}"#))).await;
+    let service_id = svc["postgresql"]["service_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let changed = call(
+        "PUT",
+        format!("/v1/inventory/services/{service_id}"),
+        Some(r#"{"cluster": "c", "custom_labels": {"values": {"a": "b"}}}"#.into()),
+    )
+    .await;
+    assert_eq!(changed["postgresql"]["custom_labels"]["a"], "b");
+    let types = call(
+        "POST",
+        "/v1/inventory/services:getTypes".into(),
+        Some("{}".into()),
+    )
+    .await;
+    assert_eq!(
+        types["service_types"],
+        json!(["SERVICE_TYPE_POSTGRESQL_SERVICE"])
+    );
+    let list = call(
+        "GET",
+        format!(
+            "/v1/inventory/services?node_id={node_id}&service_type=SERVICE_TYPE_POSTGRESQL_SERVICE"
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(list["postgresql"][0]["cluster"], "c");
+    call("GET", format!("/v1/inventory/services/{service_id}"), None).await;
+
+    let pa = call(
+        "POST",
+        "/v1/inventory/agents".into(),
+        Some(format!(
+            r#"{{"pmm_agent": {{"runs_on_node_id": "{node_id}"}}}}"#
+        )),
+    )
+    .await;
+    let pa_id = pa["pmm_agent"]["agent_id"].as_str().expect("id").to_owned();
+    let ex = call("POST", "/v1/inventory/agents".into(), Some(format!(r#"{{"postgres_exporter": {{"pmm_agent_id": "{pa_id}", "service_id": "{service_id}", "username": "u", "password": "p", "push_metrics": true}}}}"#))).await;
+    let ex_id = ex["postgres_exporter"]["agent_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(ex["postgres_exporter"]["push_metrics_enabled"], true);
+    let changed = call(
+        "PUT",
+        format!("/v1/inventory/agents/{ex_id}"),
+        Some(
+            r#"{"postgres_exporter": {"enable": false, "metrics_resolutions": {"hr": "10s"}}}"#
+                .into(),
+        ),
+    )
+    .await;
+    assert_eq!(changed["postgres_exporter"]["disabled"], true);
+    assert_eq!(
+        changed["postgres_exporter"]["metrics_resolutions"]["hr"],
+        "10s"
+    );
+    call("GET", format!("/v1/inventory/agents/{ex_id}"), None).await;
+    call(
+        "GET",
+        format!("/v1/inventory/agents/{ex_id}/logs?limit=5"),
+        None,
+    )
+    .await;
+    let of_service = call(
+        "GET",
+        format!("/v1/inventory/agents?service_id={service_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        of_service["postgres_exporter"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let of_pmm_agent = call(
+        "GET",
+        format!(
+            "/v1/inventory/agents?pmm_agent_id={pa_id}&agent_type=AGENT_TYPE_POSTGRES_EXPORTER"
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        of_pmm_agent["postgres_exporter"].as_array().map(Vec::len),
+        Some(1)
+    );
+    call("DELETE", format!("/v1/inventory/agents/{ex_id}"), None).await;
+    call(
+        "DELETE",
+        format!("/v1/inventory/services/{service_id}"),
+        None,
+    )
+    .await;
+    call(
+        "DELETE",
+        format!("/v1/inventory/nodes/{node_id}?force=true"),
+        None,
+    )
+    .await;
+    let (status, _) = rest(
+        "GET",
+        &url(&format!("/v1/inventory/nodes/{node_id}")),
+        Some(&s.viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_requests_get_clear_errors_and_no_secret_is_echoed() {
+    let s = server().await;
+    let url = |p: &str| format!("{}{p}", s.base);
+    let before = head(&s).await;
+    // gRPC: an enum number PMM does not have, a Duration with mixed signs.
+    let err = nodes(&s)
+        .list_nodes(authed(inv::ListNodesRequest { node_type: 42 }, &s.viewer))
+        .await
+        .expect_err("no such node type");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = server_svc(&s)
+        .change_settings(authed(
+            srv::ChangeSettingsRequest {
+                data_retention: Some(pbjson_types::Duration {
+                    seconds: 86_400,
+                    nanos: -1,
+                }),
+                ..Default::default()
+            },
+            &s.admin,
+        ))
+        .await
+        .expect_err("mixed signs");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // A secret sent with the wrong type is not quoted back.
+    let (status, e) = rest(
+        "POST",
+        &url("/v1/management/services"),
+        Some(&s.admin),
+        Some(r#"{"mysql": {"service_name": "m", "password": 987654321}}"#),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(!e.to_string().contains("987654321"), "{e}");
+    // Unknown routes and methods, oversize bodies: JSON errors with the right status.
+    let (status, e) = rest("GET", &url("/v1/inventory/nowhere"), Some(&s.viewer), None).await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (404, Some("NotFound")),
+        "{e}"
+    );
+    let (status, e) = rest(
+        "PATCH",
+        &url("/v1/inventory/nodes"),
+        Some(&s.admin),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(status, 405, "{e}");
+    assert!(e["message"].is_string(), "{e}");
+    let big = format!(
+        r#"{{"generic": {{"node_name": "{}"}}}}"#,
+        "x".repeat(2 << 20)
+    );
+    let (status, e) = rest(
+        "POST",
+        &url("/v1/inventory/nodes"),
+        Some(&s.admin),
+        Some(&big),
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (413, Some("ResourceExhausted")),
+        "{e}"
+    );
+    // A command id a header cannot carry as text is refused, not replaced.
+    let resp = reqwest::Client::new()
+        .post(url("/v1/inventory/nodes"))
+        .bearer_auth(&s.admin)
+        .header(
+            "x-pmm-command-id",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xe9").expect("opaque bytes"),
+        )
+        .body(r#"{"generic": {"node_name": "n", "address": "a"}}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(head(&s).await, before, "nothing changed");
 }

@@ -89,7 +89,7 @@ pub async fn add_node(api: &Api, c: &Caller, body: Value) -> R {
 pub async fn remove_node(api: &Api, c: &Caller, body: Value) -> R {
     let p = P::new(&body, &api.cipher);
     required(&p, "node_id")?;
-    let done = api.run(c, req::remove_node(p)).await?;
+    let done = api.run_quiet(c, req::remove_node(p)).await?;
     Ok(done.reply(json!({})))
 }
 
@@ -185,7 +185,7 @@ pub async fn change_service(api: &Api, c: &Caller, body: Value) -> R {
 pub async fn remove_service(api: &Api, c: &Caller, body: Value) -> R {
     let p = P::new(&body, &api.cipher);
     required(&p, "service_id")?;
-    let done = api.run(c, req::remove_service(p)).await?;
+    let done = api.run_quiet(c, req::remove_service(p)).await?;
     Ok(done.reply(json!({})))
 }
 
@@ -302,7 +302,7 @@ pub async fn change_agent(api: &Api, c: &Caller, body: Value) -> R {
 pub async fn remove_agent(api: &Api, c: &Caller, body: Value) -> R {
     let p = P::new(&body, &api.cipher);
     required(&p, "agent_id")?;
-    let done = api.run(c, req::remove_agent(p)).await?;
+    let done = api.run_quiet(c, req::remove_agent(p)).await?;
     Ok(done.reply(json!({})))
 }
 
@@ -326,7 +326,7 @@ pub async fn register_node(api: &Api, c: &Caller, body: Value) -> R {
 pub async fn unregister_node(api: &Api, c: &Caller, body: Value) -> R {
     let p = P::new(&body, &api.cipher);
     required(&p, "node_id")?;
-    let done = api.run(c, req::unregister_node(p)).await?;
+    let done = api.run_quiet(c, req::unregister_node(p)).await?;
     Ok(done.reply(json!({})))
 }
 
@@ -385,9 +385,10 @@ pub async fn management_add_azure_database(api: &Api, c: &Caller, body: Value) -
 
 pub async fn management_list_services(api: &Api, _c: &Caller, body: Value) -> R {
     let state = api.state();
+    let by_node = views::node_level_agents(&state);
     let services: Vec<Value> = filtered_services(&state, &P::new(&body, &api.cipher))
         .into_iter()
-        .map(|s| views::universal_service(&state, s))
+        .map(|s| views::universal_service(&state, s, &by_node))
         .collect();
     Ok(Reply::read(&state, json!({ "services": services })))
 }
@@ -399,7 +400,7 @@ pub async fn management_remove_service(api: &Api, c: &Caller, body: Value) -> R 
             "service_id or service_name expected",
         ));
     }
-    let done = api.run(c, req::remove_managed_service(p)).await?;
+    let done = api.run_quiet(c, req::remove_managed_service(p)).await?;
     Ok(done.reply(json!({})))
 }
 
@@ -455,7 +456,7 @@ pub async fn version(api: &Api, _c: &Caller, _body: Value) -> R {
     ))
 }
 
-/// Ready when this node knows a leader and has applied what it had at start.
+/// Ready when this node knows a cluster leader (so it can take commands).
 pub async fn readiness(api: &Api, _c: &Caller, _body: Value) -> R {
     if crate::raft::leader_of(&api.dispatcher.raft().metrics().borrow()).is_none() {
         return Err(Status::unavailable("no cluster leader is known yet"));

@@ -164,26 +164,46 @@ impl Api {
     /// Sends one command (through the leader), waits until this node has applied it, and
     /// returns its events (the first result's, for a resent command id).
     pub async fn run(&self, caller: &Caller, cmd: Command) -> Result<Done, Status> {
+        self.send(caller, cmd, true).await
+    }
+
+    /// [`Api::run`] for answers that show nothing of what changed: no events are read.
+    pub async fn run_quiet(&self, caller: &Caller, cmd: Command) -> Result<Done, Status> {
+        self.send(caller, cmd, false).await
+    }
+
+    async fn send(&self, caller: &Caller, cmd: Command, with_events: bool) -> Result<Done, Status> {
         let actor = caller
             .token
             .as_ref()
             .map(|t| format!("token:{}", t.name))
             .unwrap_or_else(|| "anonymous".to_owned());
-        let meta = match caller
-            .headers
-            .get(COMMAND_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(id) => CommandMeta::with_id(id, actor),
+        let meta = match caller.headers.get(COMMAND_ID_HEADER) {
+            Some(v) => {
+                let id = v.to_str().map_err(|_| {
+                    Status::invalid_argument(format!("{COMMAND_ID_HEADER} must be visible ASCII"))
+                })?;
+                CommandMeta::with_id(id, actor)
+            }
             None => CommandMeta::new(actor),
         };
         let applied = self.dispatcher.dispatch(cmd, meta).await.map_err(status)?;
-        let state = self
-            .dispatcher
-            .wait_for(applied.revision, READ_OWN_WRITE)
-            .await
-            .map_err(status)?;
-        let events = match applied.positions {
+        let state = match applied.positions {
+            Some(_) => {
+                self.dispatcher
+                    .wait_for(applied.revision, READ_OWN_WRITE)
+                    .await
+            }
+            // A command that changed nothing names no revision: read at least what the
+            // leader had committed when it decided, so the answer is not older than that.
+            None => self.dispatcher.linearizable_state(READ_OWN_WRITE).await,
+        }
+        .map_err(status)?;
+        let revision = match applied.positions {
+            Some(_) => applied.revision,
+            None => state.revision,
+        };
+        let events = match applied.positions.filter(|_| with_events) {
             None => Vec::new(),
             Some((from, to)) => {
                 let filter = ReadFilter {
@@ -204,7 +224,7 @@ impl Api {
         Ok(Done {
             events,
             state,
-            revision: applied.revision,
+            revision,
         })
     }
 
@@ -217,7 +237,9 @@ impl Api {
     ) -> Result<tonic::Response<Resp>, Status> {
         let headers = request.metadata().clone().into_headers();
         let caller = self.authorize(&headers, access)?;
-        let body = serde_json::to_value(request.into_inner()).map_err(|e| internal(&e))?;
+        // prost keeps unknown enum numbers and any Duration; pbjson refuses to show those.
+        let body = serde_json::to_value(request.into_inner())
+            .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;
         let reply = tokio::time::timeout(REQUEST_TIMEOUT, handler(self, &caller, body))
             .await
             .map_err(|_| {
@@ -410,38 +432,25 @@ macro_rules! services {
             }
         )*
 
-        /// Every RPC with its REST mapping, in declaration order.
-        pub fn routes() -> Vec<Route> {
-            vec![$($(
+        /// Every RPC with its REST mapping, in declaration order (built once).
+        pub fn routes() -> &'static [Route] {
+            static ROUTES: std::sync::LazyLock<Vec<Route>> = std::sync::LazyLock::new(|| vec![$($(
                 Route {
                     rpc: concat!($full, "/", stringify!($rpc)),
                     method: stringify!($method),
                     path: $path,
                     body: $body,
                     access: Access::$access,
-                    request: concat!($full, "!", stringify!($req)),
-                    response: concat!($full, "!", stringify!($resp)),
+                    request: concat!(stringify!($pkg), ".", stringify!($ver), ".", stringify!($req)),
+                    response: concat!(stringify!($pkg), ".", stringify!($ver), ".", stringify!($resp)),
                     handler: handler!($f),
                     normalize_request: normalize::<pb::$pkg::$ver::$req>,
                     normalize_response: normalize::<pb::$pkg::$ver::$resp>,
                 },
-            )*)*]
-            .into_iter()
-            .map(|mut r: Route| {
-                r.request = message_name(r.request);
-                r.response = message_name(r.response);
-                r
-            })
-            .collect()
+            )*)*]);
+            &ROUTES
         }
     };
-}
-
-/// `inventory.v1.NodesService!ListNodesRequest` -> `inventory.v1.ListNodesRequest`.
-fn message_name(marked: &'static str) -> &'static str {
-    let (service, message) = marked.split_once('!').unwrap_or(("", marked));
-    let package = service.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
-    Box::leak(format!("{package}.{message}").into_boxed_str())
 }
 
 use handlers as h;
@@ -501,7 +510,9 @@ pub fn router(api: Api, query: crate::api::QueryApi) -> anyhow::Result<axum::Rou
     Ok(grpc_routes(api.clone())?
         .into_axum_router()
         .merge(rest::router(api))
-        .merge(crate::api::router(query)))
+        .merge(crate::api::router(query))
+        .fallback(rest::not_found)
+        .method_not_allowed_fallback(rest::method_not_allowed))
 }
 
 /// The gRPC server's routes: the five services, reflection and health.

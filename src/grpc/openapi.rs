@@ -9,8 +9,13 @@ use prost_types::field_descriptor_proto::Type;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 
-/// The document, as pretty JSON ending in a newline.
-pub fn document() -> String {
+/// The document, as pretty JSON ending in a newline (built once).
+pub fn document() -> &'static str {
+    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(build);
+    &DOCUMENT
+}
+
+fn build() -> String {
     let schema = Schema::get();
     let mut paths = Map::new();
     let mut wanted = BTreeSet::new();

@@ -464,8 +464,29 @@ pub fn add_agent(p: P<'_>) -> Result<Command> {
     }))
 }
 
+/// ChangeAgent's oneof: no pmm-agent, plus nomad-agent.
+const CHANGE_AGENT_KEYS: [&str; 17] = [
+    "node_exporter",
+    "mysqld_exporter",
+    "mongodb_exporter",
+    "postgres_exporter",
+    "proxysql_exporter",
+    "external_exporter",
+    "rds_exporter",
+    "azure_database_exporter",
+    "qan_mysql_perfschema_agent",
+    "qan_mysql_slowlog_agent",
+    "qan_mongodb_profiler_agent",
+    "qan_mongodb_mongolog_agent",
+    "qan_postgresql_pgstatements_agent",
+    "qan_postgresql_pgstatmonitor_agent",
+    "nomad_agent",
+    "valkey_exporter",
+    "rta_mongodb_agent",
+];
+
 pub fn change_agent(p: P<'_>) -> Result<Command> {
-    let (key, a) = p.oneof(&AGENT_KEYS).ok_or_else(|| {
+    let (key, a) = p.oneof(&CHANGE_AGENT_KEYS).ok_or_else(|| {
         invalid("an agent type (node_exporter, mysqld_exporter, ...) is required")
     })?;
     let agent_type = agent_type_from_key(key).ok_or_else(|| invalid("unknown agent type"))?;
@@ -678,7 +699,12 @@ fn add_rds(s: P<'_>) -> Result<Command> {
         aws_access_key: s.nonempty("aws_access_key"),
         aws_secret_key: s.secret("aws_secret_key"),
         rds_exporter: s.b("rds_exporter"),
-        qan: s.b("qan_mysql_perfschema") || s.b("qan_postgresql_pgstatements"),
+        // PMM takes the flag of the engine asked for.
+        qan: match engine {
+            Some(RdsEngine::Mysql) => s.b("qan_mysql_perfschema"),
+            Some(RdsEngine::Postgresql) => s.b("qan_postgresql_pgstatements"),
+            None => false,
+        },
         skip_connection_check: s.b("skip_connection_check"),
         tls: s.b("tls"),
         tls_skip_verify: s.b("tls_skip_verify"),
@@ -742,6 +768,11 @@ pub fn remove_managed_service(p: P<'_>) -> Command {
 // ---- server ----
 
 pub fn change_settings(p: P<'_>) -> Result<Command> {
+    if p.opt_b("enable_internal_pg_qan") == Some(true) {
+        return Err(invalid(
+            "enable_internal_pg_qan: this server has no internal PostgreSQL query analytics",
+        ));
+    }
     let res = p.obj("metrics_resolutions");
     let adv = p.obj("advisor_run_intervals");
     let dur = |o: Option<P<'_>>, k: &str| o.map(|o| o.duration(k)).transpose().map(Option::flatten);

@@ -8,8 +8,9 @@ use super::schema::Schema;
 use super::{Api, MAX_REQUEST_BYTES, REQUEST_TIMEOUT, REVISION_HEADER, Route};
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
@@ -21,7 +22,7 @@ use tonic::{Code, Status};
 /// The REST routes of the public API.
 pub fn router(api: Api) -> Router {
     let mut router = Router::new();
-    for route in super::routes() {
+    for route in super::routes().iter().cloned() {
         let filter = match route.method {
             "GET" => MethodFilter::GET,
             "POST" => MethodFilter::POST,
@@ -38,10 +39,14 @@ pub fn router(api: Api) -> Router {
                 move |params: Option<Path<BTreeMap<String, String>>>,
                       RawQuery(query): RawQuery,
                       headers: HeaderMap,
-                      body: Bytes| {
+                      body: Result<Bytes, BytesRejection>| {
                     let api = api.clone();
                     let route = route.clone();
                     async move {
+                        let body = match body {
+                            Ok(b) => b,
+                            Err(r) => return body_refused(&r),
+                        };
                         let params = params.map(|Path(p)| p).unwrap_or_default();
                         call(&api, &route, params, query, headers, body).await
                     }
@@ -55,10 +60,54 @@ pub fn router(api: Api) -> Router {
         .layer(middleware::from_fn(time_limit))
 }
 
+/// A body that could not be read: too large (413) or cut short.
+fn body_refused(r: &BytesRejection) -> Response {
+    let too_large = r.status() == StatusCode::PAYLOAD_TOO_LARGE;
+    let status = if too_large {
+        Status::resource_exhausted(format!("the body is over {MAX_REQUEST_BYTES} bytes"))
+    } else {
+        Status::invalid_argument(format!("the body could not be read: {}", r.body_text()))
+    };
+    let mut resp = error_response(&status);
+    if too_large {
+        *resp.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+    }
+    resp
+}
+
+/// What no route matches: gRPC's Unimplemented for gRPC calls, a JSON 404 for the rest.
+pub async fn not_found(req: Request) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        return Status::unimplemented(format!("{} is not served here", req.uri().path()))
+            .into_http::<axum::body::Body>();
+    }
+    error_response(&Status::not_found(format!(
+        "no route {} {}",
+        req.method(),
+        req.uri().path()
+    )))
+}
+
+/// A known path with a method it does not take.
+pub async fn method_not_allowed(req: Request) -> Response {
+    let mut resp = error_response(&Status::unimplemented(format!(
+        "{} does not take {}",
+        req.uri().path(),
+        req.method()
+    )));
+    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    resp
+}
+
 async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        super::openapi::document(),
+        super::openapi::document().to_owned(),
     )
         .into_response()
 }
@@ -66,7 +115,7 @@ async fn openapi() -> Response {
 async fn time_limit(req: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => error_response(&Status::unavailable(format!(
+        Err(_) => error_response(&Status::deadline_exceeded(format!(
             "the request took longer than {REQUEST_TIMEOUT:?}"
         ))),
     }
@@ -84,9 +133,9 @@ async fn call(
         Ok(c) => c,
         Err(s) => return error_response(&s),
     };
-    let request = match request_json(route, params, query.as_deref(), &body)
-        .and_then(|v| (route.normalize_request)(v).map_err(|e| format!("invalid request: {e}")))
-    {
+    let request = match request_json(route, params, query.as_deref(), &body).and_then(|v| {
+        (route.normalize_request)(v).map_err(|e| format!("invalid request: {}", without_values(&e)))
+    }) {
         Ok(v) => v,
         Err(message) => return error_response(&Status::invalid_argument(message)),
     };
@@ -144,6 +193,8 @@ fn request_json(
                             .map_err(|_| format!("{k}: {v:?} is not an integer"))?
                     )
                 }
+                // Enums by name or, as grpc-gateway also takes them, by number.
+                Some(Type::Enum) => v.parse::<i64>().map_or(Value::String(v), |n| json!(n)),
                 _ => Value::String(v),
             };
             if field.is_some_and(|f| f.repeated) {
@@ -159,6 +210,32 @@ fn request_json(
         obj.insert(k, Value::String(v));
     }
     Ok(Value::Object(obj))
+}
+
+/// serde quotes a wrong-typed value in its message (``invalid type: integer `123` ``); the
+/// value may be a secret sent in the wrong field, so the quoted value is left out.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = ["invalid type: ", "invalid value: "]
+        .iter()
+        .filter_map(|p| rest.find(p).map(|i| (i, p.len())))
+        .min()
+    {
+        let (at, len) = i;
+        out.push_str(&rest[..at + len]);
+        let after = &rest[at + len..];
+        // `kind `value`, expected ...`: keep the kind, drop the quoted value.
+        match (after.find('`'), after.find(", expected")) {
+            (Some(open), Some(exp)) if open < exp => {
+                out.push_str(after[..open].trim_end());
+                rest = &after[exp..];
+            }
+            _ => rest = after,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn decode_component(s: &str) -> Result<String, String> {

@@ -10,8 +10,11 @@
 
 use super::schema::Schema;
 use crate::domain::agent::{Agent, AgentStatus, LogLevel, MetricsResolutions};
-use crate::domain::{AgentType, Node, NodeType, Service, ServiceType, State, Timestamp};
+use crate::domain::{
+    AgentId, AgentType, Node, NodeId, NodeType, Service, ServiceType, State, Timestamp,
+};
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 
 /// An entity and the message that shows it.
 pub struct View {
@@ -288,7 +291,10 @@ fn agent_flat(a: &Agent) -> Value {
         "query_examples_disabled": a.qan.query_examples_disabled,
         "disable_comments_parsing": a.qan.comments_parsing_disabled,
         "tablestats_group_table_limit": a.mysql.tablestats_group_table_limit,
-        "tablestats_group_disabled": a.mysql.tablestats_group_table_limit < 0,
+        // PMM: table stats are off when the limit is set and the server has more tables.
+        "tablestats_group_disabled": a.mysql.tablestats_group_table_limit < 0
+            || (a.mysql.tablestats_group_table_limit != 0
+                && a.mysql.table_count.is_some_and(|c| c > a.mysql.tablestats_group_table_limit)),
         "table_count": a.mysql.table_count.unwrap_or_default(),
         "extra_dsn_params": a.mysql.extra_dsn_params,
         "aws_access_key": a.aws.aws_access_key.clone().unwrap_or_default(),
@@ -454,16 +460,35 @@ pub fn universal_agent(a: &Agent) -> Value {
     })
 }
 
-pub fn universal_service(state: &State, s: &Service) -> Value {
-    // PMM: the service's agents, plus the pmm-agents on its node and the vmagents of its node.
+/// pmm-agents (by `runs_on_node_id`) and vmagents (by `node_id`) per node: one pass over the
+/// agents, so listing every service stays linear however many agents share a node.
+pub fn node_level_agents(state: &State) -> HashMap<NodeId, Vec<AgentId>> {
+    let mut by_node: HashMap<NodeId, Vec<AgentId>> = HashMap::new();
+    for a in state.agents.values() {
+        let node = match a.agent_type {
+            AgentType::PmmAgent => a.runs_on_node_id.as_ref(),
+            AgentType::VmAgent => a.node_id.as_ref(),
+            _ => None,
+        };
+        if let Some(n) = node {
+            by_node
+                .entry(n.clone())
+                .or_default()
+                .push(a.agent_id.clone());
+        }
+    }
+    by_node
+}
+
+/// PMM's service view: the service's agents, plus the pmm-agents and vmagents of its node
+/// (`node_agents` from [`node_level_agents`]).
+pub fn universal_service(
+    state: &State,
+    s: &Service,
+    node_agents: &HashMap<NodeId, Vec<AgentId>>,
+) -> Value {
     let mut ids = state.agents_of_service(&s.service_id);
-    ids.extend(state.pmm_agents_on_node(&s.node_id));
-    ids.extend(state.agents_with_node(&s.node_id).into_iter().filter(|id| {
-        state
-            .agents
-            .get(id)
-            .is_some_and(|a| a.agent_type == AgentType::VmAgent)
-    }));
+    ids.extend(node_agents.get(&s.node_id).into_iter().flatten().cloned());
     ids.sort();
     ids.dedup();
     let agents: Vec<&Agent> = ids
