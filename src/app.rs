@@ -43,6 +43,7 @@ pub async fn run(command: CliCommand) -> anyhow::Result<()> {
         CliCommand::Bench(args) => crate::bench::run(args).await,
         CliCommand::BenchCluster(args) => crate::bench_cluster::run(args).await,
         CliCommand::BenchApi(args) => crate::bench_api::run(args).await,
+        CliCommand::BenchFiles(args) => crate::bench_files::run(args).await,
         CliCommand::Cluster(args) => crate::cluster::run(args).await,
         CliCommand::Token(args) => crate::cluster::token(args).await,
         CliCommand::Admin(args) => crate::admin::run(args).await,
@@ -269,7 +270,33 @@ pub async fn serve(
         "pmm-cp ready: API (gRPC and REST) http://{api_addr}, query API http://{api_addr}/v1/query, debug http://{addr}/debug/health, internal {raft_addr}, node {}, revision {revision}",
         c.node_id
     );
-    let router = crate::app::debug_router(dispatcher.clone());
+    let files_dir = args
+        .files
+        .files_dir
+        .clone()
+        .unwrap_or_else(|| args.db.data_dir.join("files"));
+    let projector = crate::files::Projector::new(
+        files_dir,
+        crate::files::RenderOptions {
+            vm_url: args.files.vm_url.clone(),
+            scrape_config_path: args.files.scrape_config_path.clone(),
+            ..crate::files::RenderOptions::default()
+        },
+        crate::files::Hooks {
+            victoriametrics_reload_url: args.files.vm_reload_url.clone(),
+            supervisord_command: args.files.supervisord_reload_command.clone(),
+        },
+        Arc::new(cipher.clone()),
+    );
+    info!(dir = %projector.dir.display(), "writing the generated files");
+    tokio::spawn(projector.clone().run(dispatcher.subscribe()));
+    let router = crate::app::debug_router(dispatcher.clone()).route(
+        "/debug/files",
+        axum::routing::get(move || {
+            let status = projector.status();
+            async move { axum::Json(status) }
+        }),
+    );
     axum::serve(listener, router)
         .with_graceful_shutdown(stopped(stop_rx))
         .await

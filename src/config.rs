@@ -40,6 +40,9 @@ pub enum CliCommand {
     BenchCluster(BenchClusterArgs),
     /// Measure the query API with wrk, beside the health endpoint.
     BenchApi(BenchApiArgs),
+    /// Measure rendering the scrape configuration beside plain JSON, and the time from an
+    /// acknowledged command to the file on disk.
+    BenchFiles(BenchFilesArgs),
     /// Measure dispatch throughput and latency, and rebuild speed, beside a raw PostgreSQL
     /// baseline on the same server.
     Bench(BenchArgs),
@@ -84,6 +87,52 @@ pub struct ServeArgs {
     pub db_connections: u32,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub files: FilesArgs,
+}
+
+/// Where and how the generated files (scrape configuration, vmagent configurations,
+/// supervisord programs) are written.
+#[derive(Debug, Clone, Args)]
+pub struct FilesArgs {
+    /// This node's output directory (default `<data-dir>/files`); every file stays inside it.
+    #[arg(long, env = "PMM_CP_FILES_DIR")]
+    pub files_dir: Option<PathBuf>,
+    /// The scrape configuration's path as VictoriaMetrics sees it (its `--promscrape.config`
+    /// in the supervisord program).
+    #[arg(
+        long,
+        env = "PMM_CP_SCRAPE_CONFIG_PATH",
+        default_value = "/etc/victoriametrics-promscrape.yml"
+    )]
+    pub scrape_config_path: String,
+    /// VictoriaMetrics' URL, as the programs and the scrape configuration name it.
+    #[arg(
+        long,
+        env = "PMM_CP_VM_URL",
+        default_value = "http://127.0.0.1:9090/prometheus/"
+    )]
+    pub vm_url: String,
+    /// POSTed to after the scrape configuration changes, e.g.
+    /// `http://127.0.0.1:9090/prometheus/-/reload` (none: no reload).
+    #[arg(long, env = "PMM_CP_VM_RELOAD_URL")]
+    pub vm_reload_url: Option<String>,
+    /// Run with `sh -c` after a program file changes, e.g.
+    /// `supervisorctl reread && supervisorctl update` (none: no reload).
+    #[arg(long, env = "PMM_CP_SUPERVISORD_RELOAD_COMMAND")]
+    pub supervisord_reload_command: Option<String>,
+}
+
+impl Default for FilesArgs {
+    fn default() -> Self {
+        Self {
+            files_dir: None,
+            scrape_config_path: "/etc/victoriametrics-promscrape.yml".to_owned(),
+            vm_url: "http://127.0.0.1:9090/prometheus/".to_owned(),
+            vm_reload_url: None,
+            supervisord_reload_command: None,
+        }
+    }
 }
 
 /// How this node takes part in a Raft cluster.
@@ -266,6 +315,26 @@ pub struct BenchClusterArgs {
     /// Concurrent clients of each measurement (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64])]
     pub clients: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchFilesArgs {
+    /// An existing PostgreSQL server; the benchmark creates and drops its database there.
+    #[arg(
+        long,
+        env = "PMM_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+    /// Inventory sizes for the render measurement (agents, comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 10_000, 50_000])]
+    pub agents: Vec<usize>,
+    /// External exporters in the inventory of the latency measurement.
+    #[arg(long, default_value_t = 1000)]
+    pub exporters: usize,
+    /// Commands in the latency measurement.
+    #[arg(long, default_value_t = 300)]
+    pub commands: usize,
 }
 
 #[derive(Debug, Clone, Args)]

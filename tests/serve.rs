@@ -52,6 +52,7 @@ fn args(data_dir: &Path, database_url: Option<String>) -> ServeArgs {
             raft_addr: "127.0.0.1:0".parse().expect("addr"),
             ..ClusterArgs::default()
         },
+        files: Default::default(),
     }
 }
 
@@ -148,6 +149,28 @@ async fn serve_with_a_database_url_uses_that_server() {
     let db = TestDb::new().await;
     let server = start(args(&dir.0, Some(db.url.clone()))).await;
     let health = server.health().await;
+    // The generated files land in <data-dir>/files, with their manifests.
+    let scrape = dir.0.join("files/victoriametrics-promscrape.yml");
+    wait_until(
+        "the scrape configuration is written",
+        Duration::from_secs(30),
+        || {
+            let exists = scrape.with_file_name("manifest.json").exists();
+            async move { exists }
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&scrape).expect("scrape file");
+    assert!(text.starts_with("# Managed by pmm-cp."));
+    assert!(
+        dir.0
+            .join("files/supervisord.d/victoriametrics.ini")
+            .exists()
+    );
+    let status = get(server.addr, "/debug/files")
+        .await
+        .expect("files status");
+    assert!(status.contains("\"renders\""), "{status}");
     server.stop().await;
     assert!(
         !dir.0.join("postgres").exists(),

@@ -1,0 +1,445 @@
+//! File projections: the files PMM's server components read, rendered from the state at a
+//! revision and written atomically into this node's output directory (DESIGN decision 10).
+//!
+//! - [`render_all`] is a pure function of (state, options, cluster key): every node renders
+//!   the same bytes for the same revision, and so does a rebuild from the log.
+//! - [`write_if_changed`] writes a temp file, fsyncs it, renames it over the old one and
+//!   fsyncs the directory, only when the bytes differ; a crash leaves the old file or the new
+//!   one. `manifest.json` lists every file with its SHA-256 and the revision they were rendered
+//!   at, so the same revision gives the same manifest on every node.
+//! - [`Projector`] follows the applied state: a burst of commands is coalesced into one render,
+//!   then the reload hooks of the files that changed run, with retries and backoff.
+//!
+//! Files (relative to the output directory): `victoriametrics-promscrape.yml` (the server's
+//! scrape configuration), `vmagent/<pmm-agent id>.yml` (each pmm-agent's push configuration),
+//! `supervisord.d/<program>.ini`.
+
+pub mod durations;
+pub mod scrape;
+pub mod supervisord;
+
+use crate::crypto::Cipher;
+use crate::domain::State;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the rendered files depend on besides the state.
+#[derive(Clone, Debug)]
+pub struct RenderOptions {
+    /// VictoriaMetrics' URL as PMM writes it (`http://127.0.0.1:9090/prometheus/`).
+    pub vm_url: String,
+    /// The address the server's components listen on.
+    pub bind: String,
+    /// Where VictoriaMetrics reads the scrape configuration (its `--promscrape.config`).
+    pub scrape_config_path: String,
+    /// vmalert's rule directory.
+    pub rules_dir: String,
+    /// supervisord's log directory and the user programs run as.
+    pub log_dir: String,
+    pub supervisord_user: String,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        Self {
+            vm_url: "http://127.0.0.1:9090/prometheus/".to_owned(),
+            bind: "127.0.0.1".to_owned(),
+            scrape_config_path: "/etc/victoriametrics-promscrape.yml".to_owned(),
+            rules_dir: "/srv/prometheus/rules".to_owned(),
+            log_dir: "/srv/logs".to_owned(),
+            supervisord_user: "pmm".to_owned(),
+        }
+    }
+}
+
+impl RenderOptions {
+    /// `host:port` of the VictoriaMetrics URL.
+    fn vm_host(&self) -> String {
+        let rest = self
+            .vm_url
+            .split_once("://")
+            .map_or(self.vm_url.as_str(), |(_, r)| r);
+        rest.split('/')
+            .next()
+            .unwrap_or("127.0.0.1:9090")
+            .to_owned()
+    }
+}
+
+/// Which component reads a file, so the right reload runs when it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reader {
+    VictoriaMetrics,
+    Vmagent,
+    Supervisord,
+}
+
+/// One rendered file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// Relative to the output directory.
+    pub path: String,
+    pub bytes: Vec<u8>,
+    pub reader: Reader,
+}
+
+/// Every file for `state`, in a fixed order.
+pub fn render_all(state: &State, cipher: &Cipher, opts: &RenderOptions) -> Vec<Rendered> {
+    let mut out = vec![Rendered {
+        path: "victoriametrics-promscrape.yml".to_owned(),
+        bytes: scrape::render_server(state, cipher, opts).into_bytes(),
+        reader: Reader::VictoriaMetrics,
+    }];
+    for pmm_agent in scrape::push_agents(state) {
+        out.push(Rendered {
+            path: format!("vmagent/{}.yml", file_safe(pmm_agent.as_str())),
+            bytes: scrape::render_push(state, cipher, &pmm_agent).into_bytes(),
+            reader: Reader::Vmagent,
+        });
+    }
+    for (name, text) in supervisord::render(state, opts) {
+        out.push(Rendered {
+            path: format!("supervisord.d/{name}"),
+            bytes: text.into_bytes(),
+            reader: Reader::Supervisord,
+        });
+    }
+    out
+}
+
+/// A name that is one plain path component.
+fn file_safe(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if cleaned.is_empty() {
+        "_".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+/// The lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// `relative` under `dir`, refusing anything that would leave it.
+pub fn confined(dir: &Path, relative: &str) -> std::io::Result<PathBuf> {
+    let rel = Path::new(relative);
+    let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
+    if !plain || relative.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{relative:?} is not a plain path inside the output directory"),
+        ));
+    }
+    Ok(dir.join(rel))
+}
+
+/// Writes `bytes` to `path` atomically if they differ from what is there: a temp file in the
+/// same directory, fsync, rename, fsync of the directory. Returns whether it wrote.
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(false);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| true)
+}
+
+/// What `manifest.json` holds.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// The revision whose state rendered these files.
+    pub revision: i64,
+    /// Each file's SHA-256 (lowercase hex), by path.
+    pub files: BTreeMap<String, String>,
+}
+
+/// The manifest's file name in the output directory.
+pub const MANIFEST: &str = "manifest.json";
+
+/// Writes the files of `rendered` that changed (with their manifests) and removes files this
+/// projection wrote before that are no longer rendered (a pmm-agent's push file after its last
+/// push exporter went). Returns the readers whose files changed.
+pub fn write_all(dir: &Path, rendered: &[Rendered], revision: i64) -> std::io::Result<Vec<Reader>> {
+    let mut changed = Vec::new();
+    for f in rendered {
+        let path = confined(dir, &f.path)?;
+        if write_if_changed(&path, &f.bytes)? {
+            changed.push(f.reader);
+        }
+    }
+    // Push files of pmm-agents that no longer push.
+    let keep: std::collections::HashSet<&str> = rendered.iter().map(|f| f.path.as_str()).collect();
+    if let Ok(entries) = std::fs::read_dir(dir.join("vmagent")) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".yml") && !keep.contains(format!("vmagent/{name}").as_str()) {
+                std::fs::remove_file(e.path())?;
+                changed.push(Reader::Vmagent);
+            }
+        }
+    }
+    // Last, so a manifest never names bytes that are not on disk yet.
+    let manifest = Manifest {
+        revision,
+        files: rendered
+            .iter()
+            .map(|f| (f.path.clone(), sha256_hex(&f.bytes)))
+            .collect(),
+    };
+    let mut text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    text.push(b'\n');
+    write_if_changed(&dir.join(MANIFEST), &text)?;
+    changed.sort();
+    changed.dedup();
+    Ok(changed)
+}
+
+/// How a component is told to reload.
+#[derive(Clone, Debug, Default)]
+pub struct Hooks {
+    /// POSTed to when the scrape configuration changes (e.g. `http://127.0.0.1:9090/prometheus/-/reload`).
+    pub victoriametrics_reload_url: Option<String>,
+    /// Run with `sh -c` when a program file changes (e.g. `supervisorctl reread && supervisorctl update`).
+    pub supervisord_command: Option<String>,
+}
+
+/// The projector's state, for status pages.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Status {
+    /// The revision of the last render written.
+    pub revision: i64,
+    /// Renders written since start, and how many commands' revisions they covered.
+    pub renders: u64,
+    /// Per reader: the last reload's outcome.
+    pub reloads: BTreeMap<String, String>,
+    /// The last write error, if the last render failed.
+    pub error: Option<String>,
+}
+
+/// Follows the applied state and keeps the output directory in step with it.
+#[derive(Clone)]
+pub struct Projector {
+    pub dir: PathBuf,
+    pub options: RenderOptions,
+    pub hooks: Hooks,
+    cipher: Arc<Cipher>,
+    status: Arc<Mutex<Status>>,
+}
+
+/// How long the projector waits after a change for more changes to arrive.
+pub const COALESCE: Duration = Duration::from_millis(20);
+
+impl Projector {
+    pub fn new(dir: PathBuf, options: RenderOptions, hooks: Hooks, cipher: Arc<Cipher>) -> Self {
+        Self {
+            dir,
+            options,
+            hooks,
+            cipher,
+            status: Arc::default(),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Renders `state` and writes what changed; returns the readers to reload.
+    pub fn project(&self, state: &State) -> std::io::Result<Vec<Reader>> {
+        let rendered = render_all(state, &self.cipher, &self.options);
+        let changed = write_all(&self.dir, &rendered, state.revision);
+        if let Ok(mut s) = self.status.lock() {
+            match &changed {
+                Ok(_) => {
+                    s.revision = state.revision;
+                    s.renders += 1;
+                    s.error = None;
+                }
+                Err(e) => s.error = Some(e.to_string()),
+            }
+        }
+        changed
+    }
+
+    /// Runs until `states` closes: after each change, waits [`COALESCE`] for more, renders the
+    /// newest state, writes what changed and runs the reload hooks. A failed write is retried
+    /// with the next change or after a second.
+    pub async fn run(self, mut states: tokio::sync::watch::Receiver<State>) {
+        let mut last_ok: Option<i64> = None;
+        loop {
+            let state = states.borrow_and_update().clone();
+            if last_ok != Some(state.revision) {
+                let this = self.clone();
+                let st = state.clone();
+                match tokio::task::spawn_blocking(move || this.project(&st)).await {
+                    Ok(Ok(changed)) => {
+                        last_ok = Some(state.revision);
+                        for reader in changed {
+                            self.reload(reader).await;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, dir = %self.dir.display(), "writing the generated files failed; retrying");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the render task failed"),
+                }
+            }
+            let wait = if last_ok == Some(state.revision) {
+                Duration::MAX
+            } else {
+                Duration::from_secs(1)
+            };
+            match tokio::time::timeout(wait, states.changed()).await {
+                Ok(Ok(())) => tokio::time::sleep(COALESCE).await,
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Runs the hook of `reader`, retrying with backoff (0.2 s, 0.4 s, ... at most 5 tries).
+    async fn reload(&self, reader: Reader) {
+        let outcome = match reader {
+            Reader::VictoriaMetrics => match &self.hooks.victoriametrics_reload_url {
+                None => return,
+                Some(url) => retry(|| post(url)).await,
+            },
+            Reader::Supervisord => match &self.hooks.supervisord_command {
+                None => return,
+                Some(cmd) => retry(|| run_command(cmd)).await,
+            },
+            // vmagent files go to pmm-agents (their streams), not to a local process.
+            Reader::Vmagent => return,
+        };
+        let text = match &outcome {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => {
+                tracing::warn!(reader = ?reader, error = %e, "reload failed");
+                format!("failed: {e}")
+            }
+        };
+        if let Ok(mut s) = self.status.lock() {
+            s.reloads.insert(format!("{reader:?}"), text);
+        }
+    }
+}
+
+async fn retry<F, Fut>(mut f: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut last = String::new();
+    for _ in 0..5 {
+        match f().await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    Err(last)
+}
+
+async fn post(url: &str) -> Result<(), String> {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{url} answered {}", resp.status()))
+    }
+}
+
+async fn run_command(cmd: &str) -> Result<(), String> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output(),
+    )
+    .await
+    .map_err(|_| format!("{cmd:?} took over 30 s"))?
+    .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_inside_the_output_directory() {
+        let dir = Path::new("/out");
+        assert!(confined(dir, "vmagent/a.yml").is_ok());
+        for bad in ["../x", "/etc/passwd", "a/../../b", ""] {
+            assert!(confined(dir, bad).is_err(), "{bad}");
+        }
+        assert_eq!(file_safe("../../etc"), "______etc");
+        assert_eq!(file_safe("pmm-server"), "pmm-server");
+    }
+
+    #[test]
+    fn a_file_is_written_only_when_its_bytes_change() {
+        let dir =
+            std::env::temp_dir().join(format!("pmmcp-files-{}", uuid::Uuid::new_v4().simple()));
+        let path = dir.join("a.yml");
+        assert!(write_if_changed(&path, b"one").expect("write"));
+        assert!(!write_if_changed(&path, b"one").expect("same"));
+        assert!(write_if_changed(&path, b"two").expect("changed"));
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

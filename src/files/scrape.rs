@@ -1,0 +1,735 @@
+//! VictoriaMetrics scrape configuration: the server's file (internal jobs, then a job set per
+//! pull exporter) and each pmm-agent's vmagent file (its push exporters), as PMM builds them
+//! (`../shared/reference/pmm-outputs.md` §1 and §2).
+//!
+//! Pure functions of the state: agents in (type, id) order, labels and collector lists sorted,
+//! RDS jobs last; the same state renders the same bytes on every node.
+
+use super::{
+    RenderOptions,
+    durations::{go_duration, prom_duration, timeout},
+};
+use crate::crypto::Cipher;
+use crate::domain::agent::Agent;
+use crate::domain::{AgentId, AgentType, Node, Service, State};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The first line of the server's file.
+pub const HEADER: &str = "# Managed by pmm-cp. DO NOT EDIT.\n---\n";
+
+#[derive(Serialize)]
+struct Document {
+    global: Global,
+    scrape_configs: Vec<Job>,
+}
+
+#[derive(Serialize, Default)]
+struct Global {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scrape_interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scrape_timeout: Option<String>,
+}
+
+/// One scrape job, fields in the order PMM's serializer prints them.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+struct Job {
+    job_name: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    honor_labels: bool,
+    honor_timestamps: bool,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    params: BTreeMap<String, Vec<String>>,
+    scrape_interval: String,
+    scrape_timeout: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheme: Option<String>,
+    static_configs: Vec<StaticConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    basic_auth: Option<BasicAuth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_config: Option<TlsConfig>,
+    follow_redirects: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream_parse: bool,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+struct StaticConfig {
+    targets: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+struct BasicAuth {
+    username: String,
+    password: String,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+struct TlsConfig {
+    insecure_skip_verify: bool,
+}
+
+/// The three resolutions an agent is scraped at.
+#[derive(Clone, Copy)]
+struct Resolutions {
+    hr: Duration,
+    mr: Duration,
+    lr: Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Res {
+    Hr,
+    Mr,
+    Lr,
+}
+
+impl Res {
+    fn suffix(self) -> &'static str {
+        match self {
+            Res::Hr => "hr",
+            Res::Mr => "mr",
+            Res::Lr => "lr",
+        }
+    }
+    fn of(self, r: Resolutions) -> Duration {
+        match self {
+            Res::Hr => r.hr,
+            Res::Mr => r.mr,
+            Res::Lr => r.lr,
+        }
+    }
+}
+
+fn global_resolutions(state: &State) -> Resolutions {
+    let e = state.settings.effective();
+    Resolutions {
+        hr: Duration::from_secs(e.hr_secs),
+        mr: Duration::from_secs(e.mr_secs),
+        lr: Duration::from_secs(e.lr_secs),
+    }
+}
+
+/// The server's scrape configuration.
+pub fn render_server(state: &State, cipher: &Cipher, opts: &RenderOptions) -> String {
+    let res = global_resolutions(state);
+    let mut jobs = internal_jobs(state, opts, res);
+    jobs.extend(agent_jobs(
+        state,
+        cipher,
+        res,
+        |a| !a.exporter.push_metrics,
+        None,
+    ));
+    let doc = Document {
+        global: Global {
+            scrape_interval: Some(prom_duration(res.lr)),
+            scrape_timeout: Some(prom_duration(timeout(res.lr))),
+        },
+        scrape_configs: jobs,
+    };
+    format!("{HEADER}{}", to_yaml(&doc))
+}
+
+/// The vmagent configuration of one pmm-agent: its push exporters, scraped on 127.0.0.1; no
+/// header, no internal jobs, an empty global section.
+pub fn render_push(state: &State, cipher: &Cipher, pmm_agent: &AgentId) -> String {
+    let res = global_resolutions(state);
+    let jobs = agent_jobs(
+        state,
+        cipher,
+        res,
+        |a| a.exporter.push_metrics && a.pmm_agent_id.as_ref() == Some(pmm_agent),
+        Some("127.0.0.1"),
+    );
+    to_yaml(&Document {
+        global: Global::default(),
+        scrape_configs: jobs,
+    })
+}
+
+/// The pmm-agents with at least one push exporter that has a port: each gets a vmagent file.
+pub fn push_agents(state: &State) -> Vec<AgentId> {
+    let mut ids: Vec<AgentId> = state
+        .agents
+        .values()
+        .filter(|a| a.exporter.push_metrics && !a.disabled && a.listen_port.is_some())
+        .filter_map(|a| a.pmm_agent_id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn to_yaml<T: Serialize>(doc: &T) -> String {
+    // Only strings, booleans, sequences and maps: serialisation cannot fail.
+    serde_yaml_ng::to_string(doc).unwrap_or_default()
+}
+
+fn internal_jobs(state: &State, opts: &RenderOptions, res: Resolutions) -> Vec<Job> {
+    let pmm = BTreeMap::from([("instance".to_owned(), "pmm-server".to_owned())]);
+    let job = |name: &str, interval: Duration, target: &str, path: &str| Job {
+        job_name: name.to_owned(),
+        honor_labels: false,
+        honor_timestamps: false,
+        params: BTreeMap::new(),
+        scrape_interval: prom_duration(interval),
+        scrape_timeout: prom_duration(timeout(interval)),
+        metrics_path: Some(path.to_owned()),
+        scheme: None,
+        static_configs: vec![StaticConfig {
+            targets: vec![target.to_owned()],
+            labels: pmm.clone(),
+        }],
+        basic_auth: None,
+        tls_config: None,
+        follow_redirects: false,
+        stream_parse: false,
+    };
+    let mut jobs = vec![
+        job(
+            "victoriametrics",
+            res.hr,
+            &opts.vm_host(),
+            "/prometheus/metrics",
+        ),
+        job("vmalert", res.hr, "127.0.0.1:8880", "/metrics"),
+        job("grafana", res.mr, "127.0.0.1:3000", "/graph/metrics"),
+        job("pmm-managed", res.mr, "127.0.0.1:7773", "/debug/metrics"),
+        job("qan-api2", res.mr, "127.0.0.1:9933", "/debug/metrics"),
+        job("clickhouse", res.mr, "127.0.0.1:9363", "/metrics"),
+    ];
+    if state.settings.effective().nomad_enabled {
+        let mut nomad = job("nomad", res.mr, "127.0.0.1:4646", "/v1/metrics");
+        nomad.params = BTreeMap::from([("format".to_owned(), vec!["prometheus".to_owned()])]);
+        nomad.scheme = Some("https".to_owned());
+        nomad.tls_config = Some(TlsConfig {
+            insecure_skip_verify: true,
+        });
+        jobs.push(nomad);
+    }
+    jobs
+}
+
+/// A parsed `major.minor.patch` version, for PMM's feature gates.
+fn version(v: Option<&str>) -> Option<(u32, u32, u32)> {
+    let v = v?.trim().trim_start_matches('v');
+    let core = v.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+    Some((
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// The jobs of every agent `keep` selects, in (type, id) order, RDS exporters last.
+fn agent_jobs(
+    state: &State,
+    cipher: &Cipher,
+    global: Resolutions,
+    keep: impl Fn(&Agent) -> bool,
+    host_override: Option<&str>,
+) -> Vec<Job> {
+    let mut agents: Vec<&Agent> = state
+        .agents
+        .values()
+        .map(|a| &**a)
+        .filter(|a| !a.disabled && a.listen_port.is_some() && keep(a))
+        .collect();
+    agents.sort_by(|a, b| {
+        (a.agent_type.as_str(), &a.agent_id).cmp(&(b.agent_type.as_str(), &b.agent_id))
+    });
+    let mut jobs = Vec::new();
+    let mut rds_targets = std::collections::BTreeSet::new();
+    for a in agents {
+        let Some(port) = a.listen_port else { continue };
+        let Some(host) = host_override
+            .map(str::to_owned)
+            .or_else(|| scrape_host(state, a))
+        else {
+            tracing::warn!(agent_id = %a.agent_id, "no address to scrape this agent at; left out");
+            continue;
+        };
+        let target = join_host_port(&host, port);
+        if a.agent_type == AgentType::RdsExporter {
+            rds_targets.insert(target);
+            continue;
+        }
+        let res = agent_resolutions(a, global);
+        let Some(base) = base_job(state, cipher, a, &target) else {
+            continue;
+        };
+        jobs.extend(jobs_for(state, cipher, a, base, res));
+    }
+    // One rds_exporter serves many RDS nodes: jobs per distinct target, after all others.
+    for target in rds_targets {
+        let mapped = target.replace(['.', ':', '/'], "_");
+        for (res, path, interval) in [("mr", "/enhanced", global.mr), ("lr", "/basic", global.lr)] {
+            jobs.push(Job {
+                job_name: format!("rds_exporter_{mapped}_{res}-{}", go_duration(interval)),
+                honor_labels: true,
+                honor_timestamps: false,
+                params: BTreeMap::new(),
+                scrape_interval: prom_duration(interval),
+                scrape_timeout: prom_duration(timeout(interval)),
+                metrics_path: Some(path.to_owned()),
+                scheme: None,
+                static_configs: vec![StaticConfig {
+                    targets: vec![target.clone()],
+                    labels: BTreeMap::new(),
+                }],
+                basic_auth: None,
+                tls_config: None,
+                follow_redirects: false,
+                stream_parse: false,
+            });
+        }
+    }
+    jobs
+}
+
+/// Where an agent is scraped: its pmm-agent's node, or (an external exporter without one)
+/// the node it runs on.
+fn scrape_host(state: &State, a: &Agent) -> Option<String> {
+    let node = match &a.pmm_agent_id {
+        Some(pa) => state
+            .agents
+            .get(pa)
+            .and_then(|p| p.runs_on_node_id.as_ref())
+            .and_then(|n| state.nodes.get(n)),
+        None => a.runs_on_node_id.as_ref().and_then(|n| state.nodes.get(n)),
+    }?;
+    (!node.address.is_empty()).then(|| node.address.clone())
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn agent_resolutions(a: &Agent, global: Resolutions) -> Resolutions {
+    let o = a.exporter.metrics_resolutions.unwrap_or_default();
+    let pick = |v: Option<u64>, g: Duration| v.filter(|s| *s > 0).map_or(g, Duration::from_secs);
+    Resolutions {
+        hr: pick(o.hr_secs, global.hr),
+        mr: pick(o.mr_secs, global.mr),
+        lr: pick(o.lr_secs, global.lr),
+    }
+}
+
+/// Standard labels, then custom ones on top, then empty values dropped.
+fn layer(
+    out: &mut BTreeMap<String, String>,
+    standard: &[(&str, &str)],
+    custom: &BTreeMap<String, String>,
+) {
+    let mut set: BTreeMap<String, String> = standard
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    set.extend(custom.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out.extend(set.into_iter().filter(|(_, v)| !v.is_empty()));
+}
+
+fn node_labels(out: &mut BTreeMap<String, String>, n: &Node) {
+    layer(
+        out,
+        &[
+            ("node_id", n.node_id.as_str()),
+            ("node_name", &n.node_name),
+            ("node_type", n.node_type.as_str()),
+            ("machine_id", n.machine_id.as_deref().unwrap_or("")),
+            ("container_id", n.container_id.as_deref().unwrap_or("")),
+            ("container_name", n.container_name.as_deref().unwrap_or("")),
+            ("node_model", &n.node_model),
+            ("region", n.region.as_deref().unwrap_or("")),
+            ("az", &n.az),
+        ],
+        &n.custom_labels,
+    );
+}
+
+fn service_labels(out: &mut BTreeMap<String, String>, s: &Service) {
+    layer(
+        out,
+        &[
+            ("service_id", s.service_id.as_str()),
+            ("service_name", &s.service_name),
+            ("service_type", s.service_type.as_str()),
+            ("environment", &s.environment),
+            ("cluster", &s.cluster),
+            ("replication_set", &s.replication_set),
+            ("external_group", &s.external_group),
+        ],
+        &s.custom_labels,
+    );
+}
+
+/// The job every exporter's jobs start from: target, labels, auth.
+fn base_job(state: &State, cipher: &Cipher, a: &Agent, target: &str) -> Option<Job> {
+    let service = a.service_id.as_ref().and_then(|s| state.services.get(s));
+    let node = a
+        .node_id
+        .as_ref()
+        .or(service.map(|s| &s.node_id))
+        .and_then(|n| state.nodes.get(n));
+    let mut labels = BTreeMap::new();
+    if let Some(n) = node {
+        node_labels(&mut labels, n);
+    }
+    if let Some(s) = service {
+        service_labels(&mut labels, s);
+    }
+    layer(
+        &mut labels,
+        &[
+            ("agent_id", a.agent_id.as_str()),
+            ("agent_type", a.agent_type.as_str()),
+        ],
+        &a.custom_labels,
+    );
+    labels.insert("instance".to_owned(), a.agent_id.to_string());
+    let password = match &a.agent_password {
+        Some(sealed) => match cipher.open(sealed) {
+            Ok(p) if !p.is_empty() => p,
+            Ok(_) => a.agent_id.to_string(),
+            Err(_) => {
+                tracing::warn!(agent_id = %a.agent_id, "the agent password does not open with this cluster key; agent left out");
+                return None;
+            }
+        },
+        None => a.agent_id.to_string(),
+    };
+    Some(Job {
+        job_name: String::new(),
+        honor_labels: false,
+        honor_timestamps: false,
+        params: BTreeMap::new(),
+        scrape_interval: String::new(),
+        scrape_timeout: String::new(),
+        metrics_path: Some("/metrics".to_owned()),
+        scheme: None,
+        static_configs: vec![StaticConfig {
+            targets: vec![target.to_owned()],
+            labels,
+        }],
+        basic_auth: Some(BasicAuth {
+            username: "pmm".to_owned(),
+            password,
+        }),
+        tls_config: None,
+        follow_redirects: false,
+        stream_parse: false,
+    })
+}
+
+fn job_name(a: &Agent, res: Res) -> String {
+    format!(
+        "{}_{}_{}",
+        a.agent_type.as_str(),
+        a.agent_id.as_str().replace(['/', ':', '.'], "_"),
+        res.suffix()
+    )
+}
+
+/// `base` at one resolution with a collector list (no `params` when the filtered list is empty).
+fn at(a: &Agent, base: &Job, res: Res, r: Resolutions, collectors: &[&str]) -> Job {
+    let mut j = base.clone();
+    j.job_name = job_name(a, res);
+    let interval = res.of(r);
+    j.scrape_interval = prom_duration(interval);
+    j.scrape_timeout = prom_duration(timeout(interval));
+    let mut list: Vec<String> = collectors
+        .iter()
+        .filter(|c| !a.exporter.disabled_collectors.iter().any(|d| d == *c))
+        .map(|c| (*c).to_owned())
+        .collect();
+    list.sort();
+    list.dedup();
+    if !list.is_empty() {
+        j.params.insert("collect[]".to_owned(), list);
+    }
+    j
+}
+
+/// PMM: table stats are collected when the limit is 0, or positive and not exceeded.
+fn tablestats_enabled(a: &Agent) -> bool {
+    let limit = a.mysql.tablestats_group_table_limit;
+    match limit {
+        0 => true,
+        l if l < 0 => false,
+        l => a.mysql.table_count.is_none_or(|c| c <= l),
+    }
+}
+
+fn jobs_for(state: &State, cipher: &Cipher, a: &Agent, base: Job, r: Resolutions) -> Vec<Job> {
+    use AgentType::*;
+    match a.agent_type {
+        NodeExporter => {
+            const CORE: [&str; 7] = [
+                "cpu",
+                "diskstats",
+                "filesystem",
+                "loadavg",
+                "meminfo",
+                "netdev",
+                "time",
+            ];
+            let darwin = a
+                .node_id
+                .as_ref()
+                .and_then(|n| state.nodes.get(n))
+                .is_some_and(|n| n.distro == "darwin");
+            if darwin {
+                return vec![at(a, &base, Res::Hr, r, &CORE)];
+            }
+            let mut hr = vec![
+                "buddyinfo",
+                "filefd",
+                "meminfo_numa",
+                "netstat",
+                "processes",
+                "standard.go",
+                "standard.process",
+                "stat",
+                "textfile.hr",
+                "vmstat",
+            ];
+            hr.extend(CORE);
+            vec![
+                at(a, &base, Res::Hr, r, &hr),
+                at(a, &base, Res::Mr, r, &["hwmon", "textfile.mr"]),
+                at(
+                    a,
+                    &base,
+                    Res::Lr,
+                    r,
+                    &["bonding", "entropy", "os", "textfile.lr", "uname"],
+                ),
+            ]
+        }
+        MysqldExporter => {
+            let mut mr = vec![
+                "engine_innodb_status",
+                "info_schema.innodb_cmp",
+                "info_schema.innodb_cmpmem",
+                "info_schema.processlist",
+                "info_schema.query_response_time",
+                "perf_schema.eventswaits",
+                "perf_schema.file_events",
+                "slave_status",
+                "custom_query.mr",
+            ];
+            let mut lr = vec![
+                "binlog_size",
+                "engine_tokudb_status",
+                "global_variables",
+                "heartbeat",
+                "info_schema.clientstats",
+                "info_schema.userstats",
+                "perf_schema.eventsstatements",
+                "perf_schema.file_instances",
+                "custom_query.lr",
+                "plugins",
+            ];
+            if tablestats_enabled(a) {
+                mr.push("perf_schema.tablelocks");
+                lr.extend([
+                    "auto_increment.columns",
+                    "info_schema.tables",
+                    "info_schema.tablestats",
+                    "info_schema.innodb_tablespaces",
+                    "perf_schema.indexiowaits",
+                    "perf_schema.tableiowaits",
+                ]);
+            }
+            vec![
+                at(
+                    a,
+                    &base,
+                    Res::Hr,
+                    r,
+                    &[
+                        "global_status",
+                        "info_schema.innodb_metrics",
+                        "custom_query.hr",
+                        "standard.go",
+                        "standard.process",
+                    ],
+                ),
+                at(a, &base, Res::Mr, r, &mr),
+                at(a, &base, Res::Lr, r, &lr),
+            ]
+        }
+        MongodbExporter => {
+            let v = a
+                .pmm_agent_id
+                .as_ref()
+                .and_then(|p| state.agents.get(p))
+                .and_then(|p| version(p.version.as_deref()));
+            match v {
+                Some(v) if v >= (2, 26, 0) => {
+                    let mut lr: Vec<&str> = Vec::new();
+                    if v >= (2, 43, 0) {
+                        lr.push("fcv");
+                    }
+                    if v >= (2, 43, 2) {
+                        lr.push("pbm");
+                    }
+                    if a.mongo.enable_all_collectors {
+                        lr.extend(["dbstats", "indexstats", "collstats"]);
+                        if v >= (2, 41, 1) {
+                            lr.push("shards");
+                        }
+                        if v >= (2, 42, 0) {
+                            lr.push("currentopmetrics");
+                        }
+                    }
+                    vec![
+                        at(
+                            a,
+                            &base,
+                            Res::Hr,
+                            r,
+                            &["diagnosticdata", "replicasetstatus", "topmetrics"],
+                        ),
+                        at(a, &base, Res::Lr, r, &lr),
+                    ]
+                }
+                // Unknown or older pmm-agent: one job, the exporter's defaults.
+                _ => vec![at(a, &base, Res::Hr, r, &[])],
+            }
+        }
+        PostgresExporter => {
+            let mut jobs = vec![
+                at(
+                    a,
+                    &base,
+                    Res::Hr,
+                    r,
+                    &[
+                        "exporter",
+                        "custom_query.hr",
+                        "standard.go",
+                        "standard.process",
+                        "postgres",
+                    ],
+                ),
+                at(a, &base, Res::Mr, r, &["custom_query.mr"]),
+                at(a, &base, Res::Lr, r, &["custom_query.lr"]),
+            ];
+            for j in &mut jobs {
+                j.stream_parse = true;
+            }
+            jobs
+        }
+        // One job at HR with the exporter's defaults (valkey: our choice, PMM's shape is unsure).
+        ProxysqlExporter | ValkeyExporter => vec![at(a, &base, Res::Hr, r, &[])],
+        ExternalExporter => {
+            let mut j = at(a, &base, Res::Mr, r, &[]);
+            let path = a
+                .exporter
+                .metrics_path
+                .clone()
+                .unwrap_or_else(|| "/metrics".to_owned());
+            // A query string in the path becomes params (a path may not carry one).
+            let (path, query) = path.split_once('?').map_or((path.clone(), None), |(p, q)| {
+                (p.to_owned(), Some(q.to_owned()))
+            });
+            j.metrics_path = Some(if path.is_empty() {
+                "/metrics".to_owned()
+            } else {
+                path
+            });
+            for pair in query
+                .iter()
+                .flat_map(|q| q.split('&'))
+                .filter(|p| !p.is_empty())
+            {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                j.params.entry(k.to_owned()).or_default().push(v.to_owned());
+            }
+            j.scheme = Some(
+                a.exporter
+                    .metrics_scheme
+                    .clone()
+                    .unwrap_or_else(|| "http".to_owned()),
+            );
+            j.basic_auth = match a.username.as_ref().filter(|u| !u.is_empty()) {
+                None => None,
+                Some(u) => Some(BasicAuth {
+                    username: u.clone(),
+                    password: match &a.password {
+                        None => String::new(),
+                        Some(p) => match cipher.open(p) {
+                            Ok(p) => p,
+                            Err(_) => {
+                                tracing::warn!(agent_id = %a.agent_id, "the password does not open with this cluster key; agent left out");
+                                return Vec::new();
+                            }
+                        },
+                    },
+                }),
+            };
+            if a.tls_skip_verify {
+                j.tls_config = Some(TlsConfig {
+                    insecure_skip_verify: true,
+                });
+            }
+            vec![j]
+        }
+        AzureDatabaseExporter => {
+            let mut j = at(a, &base, Res::Mr, r, &[]);
+            j.basic_auth = None;
+            vec![j]
+        }
+        VmAgent => {
+            let mut j = at(a, &base, Res::Mr, r, &[]);
+            j.metrics_path = None;
+            j.basic_auth = None;
+            vec![j]
+        }
+        // No metrics endpoint (QAN, RTA), the parent itself, or not scraped (nomad: unsure in PMM).
+        PmmAgent
+        | QanMysqlPerfschemaAgent
+        | QanMysqlSlowlogAgent
+        | QanMongodbProfilerAgent
+        | QanMongodbMongologAgent
+        | QanPostgresqlPgstatementsAgent
+        | QanPostgresqlPgstatmonitorAgent
+        | RtaMongodbAgent
+        | NomadAgent
+        | RdsExporter => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_for_the_feature_gates() {
+        assert_eq!(version(Some("2.43.2")), Some((2, 43, 2)));
+        assert_eq!(version(Some("v3.1.0-rc1")), Some((3, 1, 0)));
+        assert_eq!(version(Some("2")), Some((2, 0, 0)));
+        assert_eq!(version(Some("x")), None);
+        assert_eq!(version(None), None);
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(join_host_port("10.0.0.1", 42000), "10.0.0.1:42000");
+        assert_eq!(join_host_port("::1", 42000), "[::1]:42000");
+    }
+}
