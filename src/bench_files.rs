@@ -58,7 +58,8 @@ fn synthetic(agents: usize, cipher: &Cipher) -> State {
             created_at: now,
             updated_at: now,
         };
-        node.custom_labels.insert("dc".to_owned(), format!("dc{}", i % 7));
+        node.custom_labels
+            .insert("dc".to_owned(), format!("dc{}", i % 7));
         state.evolve(&Event::NodeAdded { node });
         let pa = format!("pa-{i:06}");
         let mut p = Agent::new(pa.as_str().into(), AgentType::PmmAgent, now);
@@ -204,7 +205,9 @@ pub async fn run(args: BenchFilesArgs) -> anyhow::Result<()> {
             metrics_resolutions_hr: Some(Duration::from_secs(if i % 2 == 0 { 6 } else { 5 })),
             ..ChangeSettings::default()
         });
-        let applied = dispatcher.dispatch(change, CommandMeta::new("bench")).await?;
+        let applied = dispatcher
+            .dispatch(change, CommandMeta::new("bench"))
+            .await?;
         let acked = Instant::now();
         while projector.status().revision < applied.revision {
             tokio::time::sleep(Duration::from_micros(500)).await;
