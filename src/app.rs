@@ -237,11 +237,17 @@ pub async fn serve(
         internal: internal.clone(),
     };
     // One port for everything public: gRPC (HTTP/2) and REST (HTTP/1.1 or 2).
-    let public = crate::grpc::Api::new(
+    let render_options = crate::files::RenderOptions {
+        vm_url: args.files.vm_url.clone(),
+        scrape_config_path: args.files.scrape_config_path.clone(),
+        ..crate::files::RenderOptions::default()
+    };
+    let mut public = crate::grpc::Api::new(
         dispatcher.clone(),
         database.pool.clone(),
         Arc::new(cipher.clone()),
     );
+    public.files = render_options.clone();
     let router = crate::grpc::router(public, query)?;
     let api_task = tokio::spawn(
         axum::serve(api_listener, router)
@@ -277,11 +283,7 @@ pub async fn serve(
         .unwrap_or_else(|| args.db.data_dir.join("files"));
     let projector = crate::files::Projector::new(
         files_dir,
-        crate::files::RenderOptions {
-            vm_url: args.files.vm_url.clone(),
-            scrape_config_path: args.files.scrape_config_path.clone(),
-            ..crate::files::RenderOptions::default()
-        },
+        render_options,
         crate::files::Hooks {
             victoriametrics_reload_url: args.files.vm_reload_url.clone(),
             supervisord_command: args.files.supervisord_reload_command.clone(),

@@ -537,7 +537,8 @@ fn the_rules_pmm_describes_show_in_the_scrape_file() {
             .is_none()
     );
     // The push file of pa-2.
-    let push = files::scrape::render_push(&state, &cipher, &"pa-2".into());
+    let push =
+        files::scrape::render_push(&state, &cipher, &"pa-2".into(), &RenderOptions::default());
     let pdoc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&push).expect("YAML");
     let pnames: Vec<&str> = pdoc["scrape_configs"]
         .as_sequence()

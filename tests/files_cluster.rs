@@ -189,3 +189,156 @@ async fn three_nodes_write_identical_files_and_a_rebuild_renders_them_again() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_api_shows_files_now_and_at_a_past_revision_and_previews_a_command() {
+    let node = TestNode::single().await;
+    let base = format!("http://{}", node.serve_public().await);
+    let viewer = node.token("viewer", pmmcp::domain::Role::Viewer).await;
+    let admin = node.token("admin", pmmcp::domain::Role::Admin).await;
+    let client = reqwest::Client::new();
+    let get = |url: String, token: String| {
+        let client = client.clone();
+        async move {
+            let resp = client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("request");
+            let status = resp.status().as_u16();
+            let sha = resp
+                .headers()
+                .get("x-pmm-sha256")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            (status, sha, resp.text().await.expect("body"))
+        }
+    };
+    // An external exporter with a password: it has a port, so it has a job.
+    let (status, body) = {
+        let resp = client
+            .post(format!("{base}/v1/management/services"))
+            .bearer_auth(&admin)
+            .body(r#"{"external": {"node_id": "pmm-server", "runs_on_node_id": "pmm-server", "service_name": "app", "listen_port": 9104, "username": "u", "password": "very-secret-pw"}}"#)
+            .send()
+            .await
+            .expect("request");
+        (resp.status().as_u16(), resp.text().await.expect("body"))
+    };
+    assert_eq!(status, 200, "{body}");
+    let before = node.dispatcher.state().revision;
+    let settings =
+        pmmcp::commands::Command::ChangeSettings(pmmcp::commands::settings::ChangeSettings {
+            data_retention: Some(Duration::from_secs(5 * 86_400)),
+            ..Default::default()
+        });
+    node.dispatcher
+        .dispatch(settings, pmmcp::commands::CommandMeta::new("t"))
+        .await
+        .expect("settings");
+
+    let (status, _, list) = get(format!("{base}/v1/query/files"), viewer.clone()).await;
+    assert_eq!(status, 200, "{list}");
+    let list: serde_json::Value = serde_json::from_str(&list).expect("JSON");
+    let entry = list["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["path"] == "victoriametrics-promscrape.yml")
+        .expect("the scrape file")
+        .clone();
+    let (status, sha, scrape) = get(
+        format!("{base}/v1/query/files/victoriametrics-promscrape.yml"),
+        viewer.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sha.as_deref(),
+        entry["sha256"].as_str(),
+        "the hash is the real file's"
+    );
+    assert!(scrape.contains("external-exporter_") && scrape.contains(files::scrape::REDACTED));
+    assert!(
+        !scrape.contains("very-secret-pw"),
+        "no secret in query output"
+    );
+    // The program file now and before the settings change.
+    let now = get(
+        format!("{base}/v1/query/files/supervisord.d/victoriametrics.ini"),
+        viewer.clone(),
+    )
+    .await;
+    let then = get(
+        format!("{base}/v1/query/files/supervisord.d/victoriametrics.ini?revision={before}"),
+        viewer.clone(),
+    )
+    .await;
+    assert!(now.2.contains("--retentionPeriod=5d"), "{}", now.2);
+    assert!(then.2.contains("--retentionPeriod=30d"), "{}", then.2);
+    let (status, _, _) = get(format!("{base}/v1/query/files/nope.yml"), viewer.clone()).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = get(
+        format!("{base}/v1/query/files/supervisord.d/vmalert.ini?revision=999999"),
+        viewer.clone(),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Preview: the diff of what a command would change; nothing is committed.
+    let head = node.dispatcher.state().revision;
+    let preview = |token: String, body: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}/v1/query/files:preview");
+        async move {
+            let resp = client
+                .post(url)
+                .bearer_auth(token)
+                .body(body)
+                .send()
+                .await
+                .expect("request");
+            (resp.status().as_u16(), resp.text().await.expect("body"))
+        }
+    };
+    let (status, body) = preview(admin.clone(), r#"{"rpc": "server.v1.ServerService/ChangeSettings", "request": {"data_retention": "864000s", "metrics_resolutions": {"hr": "7s"}}}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let diff: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let changed: Vec<&str> = diff["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert!(
+        changed.contains(&"supervisord.d/victoriametrics.ini")
+            && changed.contains(&"victoriametrics-promscrape.yml"),
+        "{changed:?}"
+    );
+    assert!(
+        !changed.contains(&"supervisord.d/grafana.ini"),
+        "only the files it changes"
+    );
+    assert!(body.contains("+\\t\\t--retentionPeriod=10d"), "{body}");
+    assert!(!body.contains("very-secret-pw"));
+    let (status, body) = preview(admin.clone(), r#"{"rpc": "server.v1.ServerService/ChangeSettings", "request": {"data_retention": "3600s"}}"#).await;
+    assert_eq!(status, 400, "a command the rules refuse: {body}");
+    let (status, _) = preview(
+        admin.clone(),
+        r#"{"rpc": "inventory.v1.NodesService/ListNodes", "request": {}}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "not a command");
+    let (status, _) = preview(
+        viewer.clone(),
+        r#"{"rpc": "server.v1.ServerService/ChangeSettings", "request": {}}"#,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        node.dispatcher.state().revision,
+        head,
+        "previews commit nothing"
+    );
+}

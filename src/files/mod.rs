@@ -15,6 +15,7 @@
 //! `supervisord.d/<program>.ini`.
 
 pub mod durations;
+pub mod query;
 pub mod scrape;
 pub mod supervisord;
 
@@ -42,6 +43,8 @@ pub struct RenderOptions {
     /// supervisord's log directory and the user programs run as.
     pub log_dir: String,
     pub supervisord_user: String,
+    /// Replace exporter passwords by `[redacted]` (what the query API shows).
+    pub redact_secrets: bool,
 }
 
 impl Default for RenderOptions {
@@ -53,6 +56,7 @@ impl Default for RenderOptions {
             rules_dir: "/srv/prometheus/rules".to_owned(),
             log_dir: "/srv/logs".to_owned(),
             supervisord_user: "pmm".to_owned(),
+            redact_secrets: false,
         }
     }
 }
@@ -99,7 +103,7 @@ pub fn render_all(state: &State, cipher: &Cipher, opts: &RenderOptions) -> Vec<R
     for pmm_agent in scrape::push_agents(state) {
         out.push(Rendered {
             path: format!("vmagent/{}.yml", file_safe(pmm_agent.as_str())),
-            bytes: scrape::render_push(state, cipher, &pmm_agent).into_bytes(),
+            bytes: scrape::render_push(state, cipher, &pmm_agent, opts).into_bytes(),
             reader: Reader::Vmagent,
         });
     }

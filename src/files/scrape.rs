@@ -134,6 +134,7 @@ pub fn render_server(state: &State, cipher: &Cipher, opts: &RenderOptions) -> St
         res,
         |a| !a.exporter.push_metrics,
         None,
+        opts.redact_secrets,
     ));
     let doc = Document {
         global: Global {
@@ -147,7 +148,12 @@ pub fn render_server(state: &State, cipher: &Cipher, opts: &RenderOptions) -> St
 
 /// The vmagent configuration of one pmm-agent: its push exporters, scraped on 127.0.0.1; no
 /// header, no internal jobs, an empty global section.
-pub fn render_push(state: &State, cipher: &Cipher, pmm_agent: &AgentId) -> String {
+pub fn render_push(
+    state: &State,
+    cipher: &Cipher,
+    pmm_agent: &AgentId,
+    opts: &RenderOptions,
+) -> String {
     let res = global_resolutions(state);
     let jobs = agent_jobs(
         state,
@@ -155,6 +161,7 @@ pub fn render_push(state: &State, cipher: &Cipher, pmm_agent: &AgentId) -> Strin
         res,
         |a| a.exporter.push_metrics && a.pmm_agent_id.as_ref() == Some(pmm_agent),
         Some("127.0.0.1"),
+        opts.redact_secrets,
     );
     to_yaml(&Document {
         global: Global::default(),
@@ -409,6 +416,7 @@ fn agent_jobs(
     global: Resolutions,
     keep: impl Fn(&Agent) -> bool,
     host_override: Option<&str>,
+    redact: bool,
 ) -> Vec<Job> {
     let mut agents: Vec<&Agent> = state
         .agents
@@ -436,10 +444,18 @@ fn agent_jobs(
             continue;
         }
         let res = agent_resolutions(a, global);
-        let Some(base) = base_job(state, cipher, a, &target) else {
+        let Some(base) = base_job(state, cipher, a, &target, redact) else {
             continue;
         };
+        let before = jobs.len();
         jobs.extend(jobs_for(state, cipher, a, base, res));
+        if redact {
+            for j in &mut jobs[before..] {
+                if let Some(auth) = &mut j.basic_auth {
+                    auth.password = REDACTED.to_owned();
+                }
+            }
+        }
     }
     // One rds_exporter serves many RDS nodes: jobs per distinct target, after all others.
     for target in rds_targets {
@@ -549,7 +565,10 @@ fn service_labels(out: &mut BTreeMap<String, String>, s: &Service) {
 }
 
 /// The job every exporter's jobs start from: target, labels, auth.
-fn base_job(state: &State, cipher: &Cipher, a: &Agent, target: &str) -> Option<Job> {
+/// What the query API shows instead of a password.
+pub const REDACTED: &str = "[redacted]";
+
+fn base_job(state: &State, cipher: &Cipher, a: &Agent, target: &str, redact: bool) -> Option<Job> {
     let service = a.service_id.as_ref().and_then(|s| state.services.get(s));
     let node = a
         .node_id
@@ -573,6 +592,7 @@ fn base_job(state: &State, cipher: &Cipher, a: &Agent, target: &str) -> Option<J
     );
     labels.insert("instance".to_owned(), a.agent_id.to_string());
     let password = match &a.agent_password {
+        Some(_) if redact => REDACTED.to_owned(),
         Some(sealed) => match cipher.open(sealed) {
             Ok(p) if !p.is_empty() => p,
             Ok(_) => a.agent_id.to_string(),

@@ -51,6 +51,8 @@ pub struct Api {
     pub dispatcher: Dispatcher,
     pub pool: PgPool,
     pub cipher: Arc<Cipher>,
+    /// How this node renders its generated files (for the files' query routes).
+    pub files: crate::files::RenderOptions,
 }
 
 /// Who calls: the token that authenticated the call, and the headers it came with.
@@ -142,6 +144,7 @@ impl Api {
             dispatcher,
             pool,
             cipher,
+            files: crate::files::RenderOptions::default(),
         }
     }
 
@@ -396,6 +399,21 @@ pub struct Route {
     pub normalize_response: fn(Value) -> Result<Value, String>,
 }
 
+/// `server.v1.ServerService`, `change_settings` -> `server.v1.ServerService/ChangeSettings`:
+/// the gRPC method's own name. Built once, with the route table.
+fn method_name(service: &str, rust_name: &str) -> &'static str {
+    let camel: String = rust_name
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    Box::leak(format!("{service}/{camel}").into_boxed_str())
+}
+
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({} {})", self.rpc, self.method, self.path)
@@ -436,7 +454,7 @@ macro_rules! services {
         pub fn routes() -> &'static [Route] {
             static ROUTES: std::sync::LazyLock<Vec<Route>> = std::sync::LazyLock::new(|| vec![$($(
                 Route {
-                    rpc: concat!($full, "/", stringify!($rpc)),
+                    rpc: method_name($full, stringify!($rpc)),
                     method: stringify!($method),
                     path: $path,
                     body: $body,
@@ -507,9 +525,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Everything public on one port: the gRPC services (HTTP/2) and their REST gateway, plus
 /// the query API.
 pub fn router(api: Api, query: crate::api::QueryApi) -> anyhow::Result<axum::Router> {
+    let files = crate::files::query::router(api.clone(), api.files.clone());
     Ok(grpc_routes(api.clone())?
         .into_axum_router()
         .merge(rest::router(api))
+        .merge(files)
         .merge(crate::api::router(query))
         .fallback(rest::not_found)
         .method_not_allowed_fallback(rest::method_not_allowed))

@@ -174,6 +174,18 @@ fn field_schema(f: &Field) -> Value {
     }
 }
 
+/// Removes the list parameters (paging, sorting, consistency) of an operation that has none.
+fn strip_paging(entry: &mut Value, method: &str) {
+    if let Some(p) = entry[method]["parameters"].as_array_mut() {
+        p.retain(|p| {
+            !matches!(
+                p["name"].as_str(),
+                Some("limit" | "offset" | "order_by" | "min_revision" | "consistency")
+            )
+        });
+    }
+}
+
 /// The query API (crate::api): described by hand, since its answers are not protobuf messages.
 fn query_api_paths(paths: &mut Map<String, Value>) {
     let consistency = [
@@ -255,4 +267,29 @@ fn query_api_paths(paths: &mut Map<String, Value>) {
     }
     paths.insert("/v1/query/chain:verify".into(), verify);
     paths.insert("/v1/query/tokens".into(), list("tokens", &[], &["admin"]));
+    // The generated files (crate::files::query).
+    let mut files = list("files", &[], VIEW);
+    strip_paging(&mut files, "get");
+    paths.insert("/v1/query/files".into(), files);
+    let mut one = list("files/{path}", &["revision"], VIEW);
+    strip_paging(&mut one, "get");
+    if let Some(p) = one["get"]["parameters"].as_array_mut() {
+        p.insert(
+            0,
+            json!({"name": "path", "in": "path", "required": true, "schema": {"type": "string"}, "description": "e.g. supervisord.d/victoriametrics.ini"}),
+        );
+    }
+    one["get"]["responses"]["200"] = json!({"description": "the file, exporter passwords redacted; x-pmm-sha256 is the real file's hash", "content": {"text/plain": {"schema": {"type": "string"}}}});
+    paths.insert("/v1/query/files/{path}".into(), one);
+    let mut preview = list("files:preview", &[], &["admin"]);
+    strip_paging(&mut preview, "get");
+    preview["post"] = preview["get"].take();
+    if let Some(o) = preview.as_object_mut() {
+        o.remove("get");
+    }
+    preview["post"]["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["rpc"],
+        "properties": {"rpc": {"type": "string", "example": "server.v1.ServerService/ChangeSettings"}, "request": {"type": "object"}},
+    }}}});
+    paths.insert("/v1/query/files:preview".into(), preview);
 }
