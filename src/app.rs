@@ -237,6 +237,7 @@ pub async fn serve(
         internal: internal.clone(),
     };
     // One port for everything public: gRPC (HTTP/2) and REST (HTTP/1.1 or 2).
+    crate::files::check_vm_url(&args.files.vm_url).map_err(|e| anyhow::anyhow!("--vm-url: {e}"))?;
     let render_options = crate::files::RenderOptions {
         vm_url: args.files.vm_url.clone(),
         scrape_config_path: args.files.scrape_config_path.clone(),

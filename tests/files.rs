@@ -521,8 +521,11 @@ fn the_rules_pmm_describes_show_in_the_scrape_file() {
     );
     let ext = job("external-exporter_ex-1_mr");
     assert_eq!(ext["scheme"].as_str(), Some("https"));
-    assert_eq!(ext["metrics_path"].as_str(), Some("/stats"));
-    assert_eq!(ext["params"]["format"][0].as_str(), Some("prom"));
+    assert_eq!(
+        ext["metrics_path"].as_str(),
+        Some("/stats?format=prom&x=1"),
+        "as given"
+    );
     assert_eq!(
         ext["basic_auth"]["password"].as_str(),
         Some("scrape-secret")

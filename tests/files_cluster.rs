@@ -257,7 +257,12 @@ async fn the_query_api_shows_files_now_and_at_a_past_revision_and_previews_a_com
     assert_eq!(
         sha.as_deref(),
         entry["sha256"].as_str(),
-        "the hash is the real file's"
+        "the list and the file agree"
+    );
+    assert_eq!(
+        sha,
+        Some(files::sha256_hex(scrape.as_bytes())),
+        "the hash is of the text shown"
     );
     assert!(scrape.contains("external-exporter_") && scrape.contains(files::scrape::REDACTED));
     assert!(

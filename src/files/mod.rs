@@ -61,6 +61,26 @@ impl Default for RenderOptions {
     }
 }
 
+/// Refuses a VictoriaMetrics URL that is not `http(s)://host:port/...` or that carries
+/// credentials: it is written into files, program command lines and query output.
+pub fn check_vm_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?}: expected http:// or https://"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("the VictoriaMetrics URL must not carry credentials".to_owned());
+    }
+    let port_ok = authority
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !port_ok {
+        return Err(format!("{url:?}: expected host:port"));
+    }
+    Ok(())
+}
+
 impl RenderOptions {
     /// `host:port` of the VictoriaMetrics URL.
     fn vm_host(&self) -> String {
@@ -166,13 +186,14 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // A fresh name each time, created exclusively: no two writers share it and a planted
+    // file or link is not followed.
+    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
     let result = (|| {
         // Owner and group only: the scrape configuration holds exporter passwords.
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o640)
             .open(&tmp)?;
         f.write_all(bytes)?;
@@ -210,14 +231,29 @@ pub fn write_all(dir: &Path, rendered: &[Rendered], revision: i64) -> std::io::R
             changed.push(f.reader);
         }
     }
-    // Push files of pmm-agents that no longer push.
+    // Files no longer rendered (a pmm-agent that stopped pushing, a program that went), and
+    // temp files a crash left behind.
     let keep: std::collections::HashSet<&str> = rendered.iter().map(|f| f.path.as_str()).collect();
-    if let Ok(entries) = std::fs::read_dir(dir.join("vmagent")) {
+    for (sub, ext, reader) in [
+        ("vmagent", ".yml", Reader::Vmagent),
+        ("supervisord.d", ".ini", Reader::Supervisord),
+        ("", ".yml", Reader::VictoriaMetrics),
+    ] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".yml") && !keep.contains(format!("vmagent/{name}").as_str()) {
+            let rel = if sub.is_empty() {
+                name.clone()
+            } else {
+                format!("{sub}/{name}")
+            };
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = std::fs::remove_file(e.path());
+            } else if !sub.is_empty() && name.ends_with(ext) && !keep.contains(rel.as_str()) {
                 std::fs::remove_file(e.path())?;
-                changed.push(Reader::Vmagent);
+                changed.push(reader);
             }
         }
     }
@@ -309,6 +345,10 @@ impl Projector {
     /// with the next change or after a second.
     pub async fn run(self, mut states: tokio::sync::watch::Receiver<State>) {
         let mut last_ok: Option<i64> = None;
+        // Readers owed a reload: kept until their reload succeeds. At start every reader is
+        // owed one (the files may have changed while this node was down).
+        let mut pending: std::collections::BTreeSet<Reader> =
+            [Reader::VictoriaMetrics, Reader::Supervisord].into();
         loop {
             let state = states.borrow_and_update().clone();
             if last_ok != Some(state.revision) {
@@ -317,17 +357,26 @@ impl Projector {
                 match tokio::task::spawn_blocking(move || this.project(&st)).await {
                     Ok(Ok(changed)) => {
                         last_ok = Some(state.revision);
-                        for reader in changed {
-                            self.reload(reader).await;
-                        }
+                        pending.extend(changed);
                     }
                     Ok(Err(e)) => {
+                        // Some files may be new on disk already: reload them all once the
+                        // write goes through.
+                        pending.extend([Reader::VictoriaMetrics, Reader::Supervisord]);
                         tracing::warn!(error = %e, dir = %self.dir.display(), "writing the generated files failed; retrying");
                     }
                     Err(e) => tracing::warn!(error = %e, "the render task failed"),
                 }
             }
-            let wait = if last_ok == Some(state.revision) {
+            if last_ok == Some(state.revision) {
+                let owed: Vec<Reader> = pending.iter().copied().collect();
+                for reader in owed {
+                    if self.reload(reader).await {
+                        pending.remove(&reader);
+                    }
+                }
+            }
+            let wait = if last_ok == Some(state.revision) && pending.is_empty() {
                 Duration::MAX
             } else {
                 Duration::from_secs(1)
@@ -340,20 +389,22 @@ impl Projector {
         }
     }
 
-    /// Runs the hook of `reader`, retrying with backoff (0.2 s, 0.4 s, ... at most 5 tries).
-    async fn reload(&self, reader: Reader) {
+    /// Runs the hook of `reader`, retrying with backoff (0.2 s, 0.4 s, ... at most 5 tries);
+    /// true when it is done (or there is nothing to run).
+    async fn reload(&self, reader: Reader) -> bool {
         let outcome = match reader {
             Reader::VictoriaMetrics => match &self.hooks.victoriametrics_reload_url {
-                None => return,
+                None => return true,
                 Some(url) => retry(|| post(url)).await,
             },
             Reader::Supervisord => match &self.hooks.supervisord_command {
-                None => return,
+                None => return true,
                 Some(cmd) => retry(|| run_command(cmd)).await,
             },
             // vmagent files go to pmm-agents (their streams), not to a local process.
-            Reader::Vmagent => return,
+            Reader::Vmagent => return true,
         };
+        let done = outcome.is_ok();
         let text = match &outcome {
             Ok(()) => "ok".to_owned(),
             Err(e) => {
@@ -364,6 +415,7 @@ impl Projector {
         if let Ok(mut s) = self.status.lock() {
             s.reloads.insert(format!("{reader:?}"), text);
         }
+        done
     }
 }
 
@@ -391,11 +443,12 @@ async fn post(url: &str) -> Result<(), String> {
         .timeout(Duration::from_secs(3))
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        // Without the URL: it may carry credentials.
+        .map_err(|e| e.without_url().to_string())?;
     if resp.status().is_success() {
         Ok(())
     } else {
-        Err(format!("{url} answered {}", resp.status()))
+        Err(format!("the reload URL answered {}", resp.status()))
     }
 }
 
@@ -405,6 +458,7 @@ async fn run_command(cmd: &str) -> Result<(), String> {
         tokio::process::Command::new("sh")
             .arg("-c")
             .arg(cmd)
+            .kill_on_drop(true)
             .output(),
     )
     .await
@@ -424,6 +478,20 @@ async fn run_command(cmd: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vm_url_has_a_port_and_no_credentials() {
+        assert!(check_vm_url("http://127.0.0.1:9090/prometheus/").is_ok());
+        assert!(check_vm_url("https://vm.example:8428/").is_ok());
+        for bad in [
+            "http://u:p@vm:9090/",
+            "http://vm/",
+            "ftp://vm:1/",
+            "vm:9090",
+        ] {
+            assert!(check_vm_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn paths_stay_inside_the_output_directory() {

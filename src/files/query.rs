@@ -7,8 +7,9 @@
 //!   "request": {...}}` in the public API's JSON, the unified diff of every file it would change.
 //!   Nothing is committed.
 //!
-//! The hashes are those of the real files; the text shown has exporter passwords replaced by
-//! `[redacted]`, as every query output hides secrets.
+//! The text shown has exporter passwords replaced by `[redacted]`, as every query output hides
+//! secrets, and the hashes are of that text: a hash of the real bytes would let a reader test
+//! password guesses offline. The real hashes are in the node's `manifest.json`.
 
 use super::{RenderOptions, Rendered, render_all, sha256_hex};
 use crate::commands::{Command, Ctx, ErrorClass};
@@ -83,22 +84,19 @@ fn err(s: &Status) -> Response {
     crate::grpc::rest::error_response(s)
 }
 
-/// The real bytes (for hashes) and the shown text (secrets redacted) of every file.
-fn render_pair(
-    state: &State,
-    cipher: &Cipher,
+/// Every file as shown (secrets redacted), rendered off the async runtime.
+async fn shown(
+    state: State,
+    cipher: std::sync::Arc<Cipher>,
     opts: &RenderOptions,
-) -> (Vec<Rendered>, Vec<Rendered>) {
-    let real = render_all(state, cipher, opts);
-    let shown = render_all(
-        state,
-        cipher,
-        &RenderOptions {
-            redact_secrets: true,
-            ..opts.clone()
-        },
-    );
-    (real, shown)
+) -> Result<Vec<Rendered>, Status> {
+    let opts = RenderOptions {
+        redact_secrets: true,
+        ..opts.clone()
+    };
+    tokio::task::spawn_blocking(move || render_all(&state, &cipher, &opts))
+        .await
+        .map_err(|_| Status::internal("the render failed"))
 }
 
 fn with_revision(revision: i64, body: Value) -> Response {
@@ -112,14 +110,15 @@ fn with_revision(revision: i64, body: Value) -> Response {
 async fn list(api: &Api, opts: &RenderOptions, headers: &HeaderMap) -> Result<Response, Status> {
     api.authorize(headers, Access::Read)?;
     let state = api.dispatcher.state();
-    let (real, _) = render_pair(&state, &api.cipher, opts);
-    let files: Vec<Value> = real
+    let revision = state.revision;
+    let files: Vec<Value> = shown(state, api.cipher.clone(), opts)
+        .await?
         .iter()
         .map(|f| json!({ "path": f.path, "sha256": sha256_hex(&f.bytes), "size": f.bytes.len() }))
         .collect();
     Ok(with_revision(
-        state.revision,
-        json!({ "revision": state.revision, "files": files }),
+        revision,
+        json!({ "revision": revision, "files": files }),
     ))
 }
 
@@ -135,18 +134,21 @@ async fn one(
         None => api.dispatcher.state(),
         Some(r) => state_at(api, r).await?,
     };
-    let (real, shown) = render_pair(&state, &api.cipher, opts);
-    let i = real.iter().position(|f| f.path == path).ok_or_else(|| {
-        Status::not_found(format!("no file {path:?} at revision {}", state.revision))
-    })?;
+    let revision = state.revision;
+    let file = shown(state, api.cipher.clone(), opts)
+        .await?
+        .into_iter()
+        .find(|f| f.path == path)
+        .ok_or_else(|| Status::not_found(format!("no file {path:?} at revision {revision}")))?;
+    let sha = sha256_hex(&file.bytes);
     let mut resp = (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        shown[i].bytes.clone(),
+        file.bytes,
     )
         .into_response();
     for (k, v) in [
-        (crate::grpc::REVISION_HEADER, state.revision.to_string()),
-        ("x-pmm-sha256", sha256_hex(&real[i].bytes)),
+        (crate::grpc::REVISION_HEADER, revision.to_string()),
+        ("x-pmm-sha256", sha),
     ] {
         if let Ok(v) = HeaderValue::from_str(&v) {
             resp.headers_mut().insert(k, v);
@@ -270,8 +272,9 @@ async fn preview(
             return Err(Status::new(code, r.to_string()));
         }
     };
-    let (_, before_shown) = render_pair(&state, &api.cipher, opts);
-    let (_, after_shown) = render_pair(&after, &api.cipher, opts);
+    let revision = state.revision;
+    let before_shown = shown(state, api.cipher.clone(), opts).await?;
+    let after_shown = shown(after, api.cipher.clone(), opts).await?;
     let mut changes = Vec::new();
     let mut paths: Vec<&str> = before_shown
         .iter()
@@ -308,7 +311,7 @@ async fn preview(
         changes.push(json!({ "path": path, "change": change, "diff": diff }));
     }
     Ok(with_revision(
-        state.revision,
-        json!({ "revision": state.revision, "files": changes }),
+        revision,
+        json!({ "revision": revision, "files": changes }),
     ))
 }

@@ -314,14 +314,42 @@ fn is_ipv4_target(s: &str) -> bool {
     }
 }
 
-/// A string scalar: plain when safe, else JSON-quoted.
+/// A string scalar: plain when safe, else double-quoted with every character a YAML reader
+/// could take for something else escaped.
 fn scalar(out: &mut String, s: &str) {
     if plain_is_safe(s) {
         out.push_str(s);
     } else {
-        // serde_json cannot fail on a &str.
-        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+        quoted(out, s);
     }
+}
+
+/// A YAML double-quoted scalar. Escaped: `"` and `\`; C0 and C1 controls and DEL (YAML readers
+/// refuse some raw); NEL, LS and PS (read as line breaks); U+FFFE and U+FFFF; and `%`, because
+/// VictoriaMetrics and vmagent replace `%{NAME}` with an environment variable anywhere in the
+/// file before they parse it (a label value must not be able to read the server's
+/// environment).
+fn quoted(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '%' => out.push_str("\\x25"),
+            c if (c as u32) < 0x20 || (0x7f..=0x9f).contains(&(c as u32)) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// True when `s` reads back as this same string in YAML 1.1 and 1.2 plain style: a restricted
@@ -830,31 +858,14 @@ fn jobs_for(state: &State, cipher: &Cipher, a: &Agent, base: Job, r: Resolutions
         ProxysqlExporter | ValkeyExporter => vec![at(a, &base, Res::Hr, r, &[])],
         ExternalExporter => {
             let mut j = at(a, &base, Res::Mr, r, &[]);
-            let path = a
-                .exporter
-                .metrics_path
-                .clone()
-                .unwrap_or_else(|| "/metrics".to_owned());
-            // A query string in the path becomes params (a path may not carry one).
-            let (path, query) = path.split_once('?').map_or((path.clone(), None), |(p, q)| {
-                (p.to_owned(), Some(q.to_owned()))
-            });
-            j.metrics_path = Some(if path.is_empty() {
-                "/metrics".to_owned()
-            } else {
-                path
-            });
-            for pair in query
-                .iter()
-                .flat_map(|q| q.split('&'))
-                .filter(|p| !p.is_empty())
-            {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                j.params
-                    .entry(k.to_owned())
-                    .or_default()
-                    .push(Cow::Owned(v.to_owned()));
-            }
+            // As given, query string included (VictoriaMetrics takes one in metrics_path).
+            j.metrics_path = Some(
+                a.exporter
+                    .metrics_path
+                    .clone()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "/metrics".to_owned()),
+            );
             j.scheme = Some(
                 a.exporter
                     .metrics_scheme
@@ -963,6 +974,12 @@ mod tests {
                 targets: vec!["[::1]:42000".to_owned()],
                 labels: Arc::new(BTreeMap::from([
                     ("weird".to_owned(), "a: b # c \"d\" \\ \n é".to_owned()),
+                    ("env".to_owned(), "%{HOME} %(x)s 100%".to_owned()),
+                    (
+                        "controls".to_owned(),
+                        "\u{7f}\u{85}\u{9f}\u{2028}x\u{2029}\u{fffe}\u{ffff}\u{1}\r\t".to_owned(),
+                    ),
+                    ("breaks".to_owned(), "a\u{85}---\u{2028}...".to_owned()),
                     ("empty".to_owned(), String::new()),
                     ("num".to_owned(), "0123".to_owned()),
                 ])),
@@ -991,6 +1008,10 @@ mod tests {
             },
         ] {
             let text = to_yaml(&doc);
+            assert!(
+                !text.contains('%'),
+                "no raw % for the environment expansion: {text}"
+            );
             let ours: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("parses");
             let want: serde_yaml_ng::Value =
                 serde_yaml_ng::from_str(&serde_yaml_ng::to_string(&doc).expect("lib"))

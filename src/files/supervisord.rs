@@ -16,6 +16,7 @@ struct Program<'a> {
     environment: Vec<(String, String)>,
     directory: Option<&'a str>,
     autostart: bool,
+    autorestart: bool,
     startretries: u32,
     stopsignal: &'a str,
     stopwaitsecs: u32,
@@ -49,12 +50,13 @@ impl Program<'_> {
             out.push_str(&format!("environment =\n\t{}\n", env.join(",\n\t")));
         }
         out.push_str(&format!(
-            "user = {user}\nautorestart = true\nautostart = {autostart}\nstartretries = {retries}\n\
+            "user = {user}\nautorestart = {autorestart}\nautostart = {autostart}\nstartretries = {retries}\n\
              startsecs = 1\nstopsignal = {signal}\nstopwaitsecs = {wait}\n\
              stdout_logfile = {logs}/{name}.log\nstdout_logfile_maxbytes = {maxbytes}\n\
              stdout_logfile_backups = {backups}\nredirect_stderr = true\n",
             user = opts.supervisord_user,
             autostart = self.autostart,
+            autorestart = self.autorestart,
             retries = self.startretries,
             signal = self.stopsignal,
             wait = self.stopwaitsecs,
@@ -91,6 +93,7 @@ pub fn render(state: &State, opts: &RenderOptions) -> Vec<(String, String)> {
         environment: Vec::new(),
         directory: None,
         autostart: true,
+        autorestart: true,
         startretries: 10,
         stopsignal: "INT",
         stopwaitsecs: 300,
@@ -154,6 +157,11 @@ pub fn render(state: &State, opts: &RenderOptions) -> Vec<(String, String)> {
                 ),
                 ("PMM_CLICKHOUSE_DATABASE".to_owned(), "pmm".to_owned()),
                 ("PMM_CLICKHOUSE_USER".to_owned(), "default".to_owned()),
+                // PMM's built-in ClickHouse default, not a stored secret.
+                (
+                    "PMM_CLICKHOUSE_PASSWORD".to_owned(),
+                    "clickhouse".to_owned(),
+                ),
             ],
             startretries: 1000,
             stopsignal: "TERM",
@@ -175,7 +183,10 @@ pub fn render(state: &State, opts: &RenderOptions) -> Vec<(String, String)> {
         "--config=/etc/grafana/grafana.ini".to_owned(),
     ];
     if let Some(host) = public_host(&e.pmm_public_address) {
-        grafana.push(format!("cfg:default.server.domain=\"{host}\""));
+        grafana.push(format!(
+            "cfg:default.server.domain=\"{}\"",
+            domain_of(&host)
+        ));
     }
     programs.push(Program {
         directory: Some("/usr/share/grafana"),
@@ -187,6 +198,7 @@ pub fn render(state: &State, opts: &RenderOptions) -> Vec<(String, String)> {
     if let Some(host) = public_host(&e.pmm_public_address) {
         programs.push(Program {
             autostart: e.nomad_enabled,
+            autorestart: e.nomad_enabled,
             ..standard(
                 "nomad-server",
                 5,
@@ -205,23 +217,34 @@ pub fn render(state: &State, opts: &RenderOptions) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The host of `pmm_public_address` (`https://` assumed when it has no scheme).
+/// The host (with its port, as PMM's `URL.Host`) of `pmm_public_address` (`https://`
+/// assumed when it has no scheme).
 fn public_host(address: &str) -> Option<String> {
     let a = address.trim();
     if a.is_empty() {
         return None;
     }
     let rest = a.split_once("://").map_or(a, |(_, r)| r);
-    let host_port = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
-    };
-    // Only characters a host name or address may hold: the value lands in a command line.
+    let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    // Only characters a host, address and port may hold: the value lands in a command line
+    // and a file name.
     let clean = host
         .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
     (clean && !host.is_empty()).then(|| host.to_owned())
+}
+
+/// A host without its port (Grafana's domain).
+fn domain_of(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port))
+            if port.bytes().all(|b| b.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']')) =>
+        {
+            h
+        }
+        _ => host,
+    }
 }
 
 #[cfg(test)]
@@ -236,9 +259,13 @@ mod tests {
         );
         assert_eq!(
             public_host("https://pmm.example.com:8443/x"),
-            Some("pmm.example.com".into())
+            Some("pmm.example.com:8443".into())
         );
-        assert_eq!(public_host("[::1]:443"), Some("::1".into()));
+        assert_eq!(public_host("[::1]:443"), Some("[::1]:443".into()));
+        assert_eq!(public_host("user@host"), None);
+        assert_eq!(domain_of("pmm.example.com:8443"), "pmm.example.com");
+        assert_eq!(domain_of("[::1]:443"), "[::1]");
+        assert_eq!(domain_of("pmm"), "pmm");
         assert_eq!(public_host(""), None);
         assert_eq!(public_host("evil\nhost"), None);
         assert_eq!(public_host("a b"), None);
