@@ -838,3 +838,40 @@ fn a_killed_writer_leaves_the_old_file_or_the_new_one() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// The projector keeps each agent's jobs between renders: over random changes, what it
+    /// renders with its cache is what a fresh render makes.
+    #[test]
+    fn renders_with_the_job_cache_equal_fresh_renders(
+        seeds in proptest::collection::vec((any::<u8>(), any::<u16>(), any::<bool>(), any::<bool>(), any::<u8>()), 1..25),
+        changes in proptest::collection::vec((0u8..6, any::<u16>()), 1..30),
+    ) {
+        let cipher = key();
+        let mut state = random_inventory(&cipher, &seeds);
+        let opts = RenderOptions::default();
+        let mut cache = files::scrape::JobCache::default();
+        prop_assert_eq!(files::render_all_cached(&state, &cipher, &opts, &mut cache), files::render_all(&state, &cipher, &opts));
+        for (kind, pick) in changes {
+            let agents: Vec<Agent> = state.agents.values().map(|a| (**a).clone()).collect();
+            let a = &agents[pick as usize % agents.len()];
+            let event = match kind {
+                0 => { let mut a = a.clone(); a.disabled = !a.disabled; Event::AgentChanged { agent: a } }
+                1 => { let mut a = a.clone(); a.custom_labels.insert("k".into(), format!("v{pick}")); Event::AgentChanged { agent: a } }
+                2 => { let mut a = a.clone(); a.exporter.push_metrics = !a.exporter.push_metrics; Event::AgentChanged { agent: a } }
+                3 => { let mut a = a.clone(); a.listen_port = Some(40000 + pick % 1000); Event::AgentChanged { agent: a } }
+                4 => {
+                    let services: Vec<Service> = state.services.values().map(|s| (**s).clone()).collect();
+                    let mut s = services[pick as usize % services.len()].clone();
+                    s.environment = format!("env{pick}");
+                    Event::ServiceChanged { service: s }
+                }
+                _ => Event::SettingsChanged { settings: Settings { hr_secs: Some(1 + u64::from(pick % 9)), ..Settings::default() } },
+            };
+            state.evolve(&event);
+            prop_assert_eq!(files::render_all_cached(&state, &cipher, &opts, &mut cache), files::render_all(&state, &cipher, &opts));
+        }
+    }
+}

@@ -115,18 +115,30 @@ pub struct Rendered {
 
 /// Every file for `state`, in a fixed order.
 pub fn render_all(state: &State, cipher: &Cipher, opts: &RenderOptions) -> Vec<Rendered> {
+    render_all_cached(state, cipher, opts, &mut scrape::JobCache::default())
+}
+
+/// [`render_all`], reusing from `cache` the jobs of agents whose inputs did not change.
+pub fn render_all_cached(
+    state: &State,
+    cipher: &Cipher,
+    opts: &RenderOptions,
+    cache: &mut scrape::JobCache,
+) -> Vec<Rendered> {
+    cache.begin();
     let mut out = vec![Rendered {
         path: "victoriametrics-promscrape.yml".to_owned(),
-        bytes: scrape::render_server(state, cipher, opts).into_bytes(),
+        bytes: scrape::render_server_cached(state, cipher, opts, cache).into_bytes(),
         reader: Reader::VictoriaMetrics,
     }];
     for pmm_agent in scrape::push_agents(state) {
         out.push(Rendered {
             path: format!("vmagent/{}.yml", file_safe(pmm_agent.as_str())),
-            bytes: scrape::render_push(state, cipher, &pmm_agent, opts).into_bytes(),
+            bytes: scrape::render_push_cached(state, cipher, &pmm_agent, opts, cache).into_bytes(),
             reader: Reader::Vmagent,
         });
     }
+    cache.finish();
     for (name, text) in supervisord::render(state, opts) {
         out.push(Rendered {
             path: format!("supervisord.d/{name}"),
@@ -303,6 +315,7 @@ pub struct Projector {
     pub hooks: Hooks,
     cipher: Arc<Cipher>,
     status: Arc<Mutex<Status>>,
+    cache: Arc<Mutex<scrape::JobCache>>,
 }
 
 /// How long the projector waits after a change for more changes to arrive.
@@ -316,6 +329,7 @@ impl Projector {
             hooks,
             cipher,
             status: Arc::default(),
+            cache: Arc::default(),
         }
     }
 
@@ -325,7 +339,10 @@ impl Projector {
 
     /// Renders `state` and writes what changed; returns the readers to reload.
     pub fn project(&self, state: &State) -> std::io::Result<Vec<Reader>> {
-        let rendered = render_all(state, &self.cipher, &self.options);
+        let rendered = match self.cache.lock() {
+            Ok(mut cache) => render_all_cached(state, &self.cipher, &self.options, &mut cache),
+            Err(_) => render_all(state, &self.cipher, &self.options),
+        };
         let changed = write_all(&self.dir, &rendered, state.revision);
         if let Ok(mut s) = self.status.lock() {
             match &changed {

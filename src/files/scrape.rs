@@ -21,6 +21,8 @@ use std::time::Duration;
 /// The first line of the server's file.
 pub const HEADER: &str = "# Managed by pmm-cp. DO NOT EDIT.\n---\n";
 
+/// The whole document (the tests compare the emitter with the YAML library on it).
+#[cfg(test)]
 #[derive(Serialize)]
 struct Document {
     global: Global,
@@ -126,24 +128,34 @@ fn global_resolutions(state: &State) -> Resolutions {
 
 /// The server's scrape configuration.
 pub fn render_server(state: &State, cipher: &Cipher, opts: &RenderOptions) -> String {
+    render_server_cached(state, cipher, opts, &mut JobCache::default())
+}
+
+/// [`render_server`], reusing the agents' jobs from `cache` where none of their inputs changed.
+pub fn render_server_cached(
+    state: &State,
+    cipher: &Cipher,
+    opts: &RenderOptions,
+    cache: &mut JobCache,
+) -> String {
     let res = global_resolutions(state);
-    let mut jobs = internal_jobs(state, opts, res);
-    jobs.extend(agent_jobs(
+    let global = Global {
+        scrape_interval: Some(prom_duration(res.lr)),
+        scrape_timeout: Some(prom_duration(timeout(res.lr))),
+    };
+    let internal = internal_jobs(state, opts, res);
+    let agents = agent_jobs(
         state,
         cipher,
         res,
         |a| !a.exporter.push_metrics,
         None,
         opts.redact_secrets,
-    ));
-    let doc = Document {
-        global: Global {
-            scrape_interval: Some(prom_duration(res.lr)),
-            scrape_timeout: Some(prom_duration(timeout(res.lr))),
-        },
-        scrape_configs: jobs,
-    };
-    format!("{HEADER}{}", to_yaml(&doc))
+        cache,
+    );
+    let mut out = String::from(HEADER);
+    assemble(&mut out, &global, &internal, &agents);
+    out
 }
 
 /// The vmagent configuration of one pmm-agent: its push exporters, scraped on 127.0.0.1; no
@@ -154,19 +166,167 @@ pub fn render_push(
     pmm_agent: &AgentId,
     opts: &RenderOptions,
 ) -> String {
+    render_push_cached(state, cipher, pmm_agent, opts, &mut JobCache::default())
+}
+
+/// [`render_push`] with a [`JobCache`].
+pub fn render_push_cached(
+    state: &State,
+    cipher: &Cipher,
+    pmm_agent: &AgentId,
+    opts: &RenderOptions,
+    cache: &mut JobCache,
+) -> String {
     let res = global_resolutions(state);
-    let jobs = agent_jobs(
+    let agents = agent_jobs(
         state,
         cipher,
         res,
         |a| a.exporter.push_metrics && a.pmm_agent_id.as_ref() == Some(pmm_agent),
         Some("127.0.0.1"),
         opts.redact_secrets,
+        cache,
     );
-    to_yaml(&Document {
-        global: Global::default(),
-        scrape_configs: jobs,
-    })
+    let mut out = String::new();
+    assemble(&mut out, &Global::default(), &[], &agents);
+    out
+}
+
+/// The document: the global section, then the internal jobs, the agents' chunks and the RDS
+/// jobs.
+fn assemble(out: &mut String, global: &Global, internal: &[Job], agents: &AgentJobs) {
+    let size: usize = agents.chunks.iter().map(|c| c.len()).sum();
+    out.reserve(size + 1024 * (internal.len() + agents.rds.len() + 1));
+    write_global(out, global);
+    if internal.is_empty() && agents.chunks.is_empty() && agents.rds.is_empty() {
+        out.push_str("scrape_configs: []\n");
+        return;
+    }
+    out.push_str("scrape_configs:\n");
+    for j in internal {
+        write_job(out, j);
+    }
+    for c in &agents.chunks {
+        out.push_str(c);
+    }
+    for j in &agents.rds {
+        write_job(out, j);
+    }
+}
+
+/// What an agent's jobs are made of: the entities they read and the global values. Entities
+/// are compared by identity: the state shares an unchanged entity between revisions, and the
+/// entry holds them, so an address cannot be reused while it is cached.
+#[derive(Clone)]
+struct Inputs {
+    agent: Arc<Agent>,
+    service: Option<Arc<Service>>,
+    node: Option<Arc<Node>>,
+    parent: Option<Arc<Agent>>,
+    host_node: Option<Arc<Node>>,
+    resolutions: (Duration, Duration, Duration),
+    host_override: Option<String>,
+    redact: bool,
+}
+
+fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl Inputs {
+    fn of(
+        state: &State,
+        a: &Arc<Agent>,
+        global: Resolutions,
+        host_override: Option<&str>,
+        redact: bool,
+    ) -> Self {
+        let service = a
+            .service_id
+            .as_ref()
+            .and_then(|s| state.services.get(s))
+            .cloned();
+        let node = a
+            .node_id
+            .as_ref()
+            .or(service.as_ref().map(|s| &s.node_id))
+            .and_then(|n| state.nodes.get(n))
+            .cloned();
+        let parent = a
+            .pmm_agent_id
+            .as_ref()
+            .and_then(|p| state.agents.get(p))
+            .cloned();
+        let host_node = match &parent {
+            Some(p) => p.runs_on_node_id.as_ref(),
+            None => a.runs_on_node_id.as_ref(),
+        }
+        .and_then(|n| state.nodes.get(n))
+        .cloned();
+        Self {
+            agent: a.clone(),
+            service,
+            node,
+            parent,
+            host_node,
+            resolutions: (global.hr, global.mr, global.lr),
+            host_override: host_override.map(str::to_owned),
+            redact,
+        }
+    }
+
+    fn same_as(&self, o: &Inputs) -> bool {
+        Arc::ptr_eq(&self.agent, &o.agent)
+            && same(&self.service, &o.service)
+            && same(&self.node, &o.node)
+            && same(&self.parent, &o.parent)
+            && same(&self.host_node, &o.host_node)
+            && self.resolutions == o.resolutions
+            && self.host_override == o.host_override
+            && self.redact == o.redact
+    }
+}
+
+/// Each agent's rendered jobs, kept while none of their inputs changed: after a command only
+/// the agents it touched are rendered again. A cached chunk is the same text a fresh render
+/// makes (tests/files.rs compares them over random changes).
+#[derive(Default)]
+pub struct JobCache {
+    entries: std::collections::HashMap<AgentId, (Inputs, Arc<str>, u64)>,
+    generation: u64,
+}
+
+impl JobCache {
+    /// Starts a render of every file: entries not used by it are dropped by [`JobCache::finish`].
+    pub fn begin(&mut self) {
+        self.generation += 1;
+    }
+
+    /// Drops the entries the render since [`JobCache::begin`] did not use.
+    pub fn finish(&mut self) {
+        let g = self.generation;
+        self.entries.retain(|_, e| e.2 == g);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The agents' part of a document.
+struct AgentJobs {
+    /// Per agent, in (type, id) order: its jobs as YAML items.
+    chunks: Vec<Arc<str>>,
+    /// The grouped RDS jobs, after all others.
+    rds: Vec<Job>,
 }
 
 /// The pmm-agents with at least one push exporter that has a port: each gets a vmagent file.
@@ -189,88 +349,98 @@ pub fn push_agents(state: &State) -> Vec<AgentId> {
 /// render (0.86 s for 10,000 agents). Strings are plain when they cannot be read as anything
 /// else and JSON-quoted otherwise (a JSON string is a valid YAML double-quoted scalar). The
 /// tests parse every output back with serde_yaml_ng and compare it with the document.
+#[cfg(test)]
 fn to_yaml(doc: &Document) -> String {
     let mut out = String::with_capacity(256 + doc.scrape_configs.len() * 900);
-    out.push_str("global:");
-    match (&doc.global.scrape_interval, &doc.global.scrape_timeout) {
-        (None, None) => out.push_str(" {}\n"),
-        (interval, timeout) => {
-            out.push('\n');
-            for (k, v) in [("scrape_interval", interval), ("scrape_timeout", timeout)] {
-                if let Some(v) = v {
-                    field(&mut out, 2, k, v);
-                }
-            }
-        }
-    }
+    write_global(&mut out, &doc.global);
     if doc.scrape_configs.is_empty() {
         out.push_str("scrape_configs: []\n");
         return out;
     }
     out.push_str("scrape_configs:\n");
     for j in &doc.scrape_configs {
-        out.push_str("- job_name: ");
-        scalar(&mut out, &j.job_name);
-        out.push('\n');
-        if j.honor_labels {
-            out.push_str("  honor_labels: true\n");
-        }
-        out.push_str(if j.honor_timestamps {
-            "  honor_timestamps: true\n"
-        } else {
-            "  honor_timestamps: false\n"
-        });
-        if !j.params.is_empty() {
-            out.push_str("  params:\n");
-            for (k, values) in &j.params {
-                indent(&mut out, 4);
-                scalar(&mut out, k);
-                out.push_str(":\n");
-                list(&mut out, 4, values);
-            }
-        }
-        field(&mut out, 2, "scrape_interval", &j.scrape_interval);
-        field(&mut out, 2, "scrape_timeout", &j.scrape_timeout);
-        if let Some(p) = &j.metrics_path {
-            field(&mut out, 2, "metrics_path", p);
-        }
-        if let Some(s) = &j.scheme {
-            field(&mut out, 2, "scheme", s);
-        }
-        out.push_str("  static_configs:\n");
-        for sc in &j.static_configs {
-            out.push_str("  - targets:\n");
-            list(&mut out, 4, &sc.targets);
-            if !sc.labels.is_empty() {
-                out.push_str("    labels:\n");
-                for (k, v) in sc.labels.iter() {
-                    field(&mut out, 6, k, v);
+        write_job(&mut out, j);
+    }
+    out
+}
+
+fn write_global(out: &mut String, global: &Global) {
+    out.push_str("global:");
+    match (&global.scrape_interval, &global.scrape_timeout) {
+        (None, None) => out.push_str(" {}\n"),
+        (interval, timeout) => {
+            out.push('\n');
+            for (k, v) in [("scrape_interval", interval), ("scrape_timeout", timeout)] {
+                if let Some(v) = v {
+                    field(out, 2, k, v);
                 }
             }
         }
-        if let Some(a) = &j.basic_auth {
-            out.push_str("  basic_auth:\n");
-            field(&mut out, 4, "username", &a.username);
-            field(&mut out, 4, "password", &a.password);
-        }
-        if let Some(t) = &j.tls_config {
-            out.push_str("  tls_config:\n");
-            out.push_str(if t.insecure_skip_verify {
-                "    insecure_skip_verify: true\n"
-            } else {
-                "    insecure_skip_verify: false\n"
-            });
-        }
-        out.push_str(if j.follow_redirects {
-            "  follow_redirects: true\n"
-        } else {
-            "  follow_redirects: false\n"
-        });
-        if j.stream_parse {
-            out.push_str("  stream_parse: true\n");
+    }
+}
+
+/// One job, as an item of `scrape_configs`.
+fn write_job(out: &mut String, j: &Job) {
+    out.push_str("- job_name: ");
+    scalar(out, &j.job_name);
+    out.push('\n');
+    if j.honor_labels {
+        out.push_str("  honor_labels: true\n");
+    }
+    out.push_str(if j.honor_timestamps {
+        "  honor_timestamps: true\n"
+    } else {
+        "  honor_timestamps: false\n"
+    });
+    if !j.params.is_empty() {
+        out.push_str("  params:\n");
+        for (k, values) in &j.params {
+            indent(out, 4);
+            scalar(out, k);
+            out.push_str(":\n");
+            list(out, 4, values);
         }
     }
-    out
+    field(out, 2, "scrape_interval", &j.scrape_interval);
+    field(out, 2, "scrape_timeout", &j.scrape_timeout);
+    if let Some(p) = &j.metrics_path {
+        field(out, 2, "metrics_path", p);
+    }
+    if let Some(s) = &j.scheme {
+        field(out, 2, "scheme", s);
+    }
+    out.push_str("  static_configs:\n");
+    for sc in &j.static_configs {
+        out.push_str("  - targets:\n");
+        list(out, 4, &sc.targets);
+        if !sc.labels.is_empty() {
+            out.push_str("    labels:\n");
+            for (k, v) in sc.labels.iter() {
+                field(out, 6, k, v);
+            }
+        }
+    }
+    if let Some(a) = &j.basic_auth {
+        out.push_str("  basic_auth:\n");
+        field(out, 4, "username", &a.username);
+        field(out, 4, "password", &a.password);
+    }
+    if let Some(t) = &j.tls_config {
+        out.push_str("  tls_config:\n");
+        out.push_str(if t.insecure_skip_verify {
+            "    insecure_skip_verify: true\n"
+        } else {
+            "    insecure_skip_verify: false\n"
+        });
+    }
+    out.push_str(if j.follow_redirects {
+        "  follow_redirects: true\n"
+    } else {
+        "  follow_redirects: false\n"
+    });
+    if j.stream_parse {
+        out.push_str("  stream_parse: true\n");
+    }
 }
 
 fn indent(out: &mut String, n: usize) {
@@ -445,51 +615,59 @@ fn agent_jobs(
     keep: impl Fn(&Agent) -> bool,
     host_override: Option<&str>,
     redact: bool,
-) -> Vec<Job> {
-    let mut agents: Vec<&Agent> = state
+    cache: &mut JobCache,
+) -> AgentJobs {
+    let mut agents: Vec<&Arc<Agent>> = state
         .agents
         .values()
-        .map(|a| &**a)
         .filter(|a| !a.disabled && a.listen_port.is_some() && keep(a))
         .collect();
     agents.sort_by(|a, b| {
         (a.agent_type.as_str(), &a.agent_id).cmp(&(b.agent_type.as_str(), &b.agent_id))
     });
-    let mut jobs = Vec::new();
+    let mut chunks = Vec::new();
     let mut rds_targets = std::collections::BTreeSet::new();
+    let generation = cache.generation;
     for a in agents {
         let Some(port) = a.listen_port else { continue };
-        let Some(host) = host_override
-            .map(str::to_owned)
-            .or_else(|| scrape_host(state, a))
-        else {
-            tracing::warn!(agent_id = %a.agent_id, "no address to scrape this agent at; left out");
-            continue;
-        };
-        let target = join_host_port(&host, port);
         if a.agent_type == AgentType::RdsExporter {
-            rds_targets.insert(target);
-            continue;
-        }
-        let res = agent_resolutions(a, global);
-        let Some(base) = base_job(state, cipher, a, &target, redact) else {
-            continue;
-        };
-        let before = jobs.len();
-        jobs.extend(jobs_for(state, cipher, a, base, res));
-        if redact {
-            for j in &mut jobs[before..] {
-                if let Some(auth) = &mut j.basic_auth {
-                    auth.password = REDACTED.to_owned();
+            match host_override
+                .map(str::to_owned)
+                .or_else(|| scrape_host(state, a))
+            {
+                Some(host) => {
+                    rds_targets.insert(join_host_port(&host, port));
+                }
+                None => {
+                    tracing::warn!(agent_id = %a.agent_id, "no address to scrape this agent at; left out")
                 }
             }
+            continue;
         }
+        let inputs = Inputs::of(state, a, global, host_override, redact);
+        if let Some(entry) = cache.entries.get_mut(&a.agent_id)
+            && entry.0.same_as(&inputs)
+        {
+            entry.2 = generation;
+            if !entry.1.is_empty() {
+                chunks.push(entry.1.clone());
+            }
+            continue;
+        }
+        let text: Arc<str> = render_agent(state, cipher, a, global, host_override, redact).into();
+        if !text.is_empty() {
+            chunks.push(text.clone());
+        }
+        cache
+            .entries
+            .insert(a.agent_id.clone(), (inputs, text, generation));
     }
     // One rds_exporter serves many RDS nodes: jobs per distinct target, after all others.
+    let mut rds = Vec::new();
     for target in rds_targets {
         let mapped = target.replace(['.', ':', '/'], "_");
         for (res, path, interval) in [("mr", "/enhanced", global.mr), ("lr", "/basic", global.lr)] {
-            jobs.push(Job {
+            rds.push(Job {
                 job_name: format!("rds_exporter_{mapped}_{res}-{}", go_duration(interval)),
                 honor_labels: true,
                 honor_timestamps: false,
@@ -509,7 +687,41 @@ fn agent_jobs(
             });
         }
     }
-    jobs
+    AgentJobs { chunks, rds }
+}
+
+/// One agent's jobs as YAML items ("" when it has none).
+fn render_agent(
+    state: &State,
+    cipher: &Cipher,
+    a: &Agent,
+    global: Resolutions,
+    host_override: Option<&str>,
+    redact: bool,
+) -> String {
+    let Some(port) = a.listen_port else {
+        return String::new();
+    };
+    let Some(host) = host_override
+        .map(str::to_owned)
+        .or_else(|| scrape_host(state, a))
+    else {
+        tracing::warn!(agent_id = %a.agent_id, "no address to scrape this agent at; left out");
+        return String::new();
+    };
+    let target = join_host_port(&host, port);
+    let res = agent_resolutions(a, global);
+    let Some(base) = base_job(state, cipher, a, &target, redact) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for mut j in jobs_for(state, cipher, a, base, res) {
+        if redact && let Some(auth) = &mut j.basic_auth {
+            auth.password = REDACTED.to_owned();
+        }
+        write_job(&mut out, &j);
+    }
+    out
 }
 
 /// Where an agent is scraped: its pmm-agent's node, or (an external exporter without one)
