@@ -214,9 +214,8 @@ pub async fn run(args: BenchFilesArgs) -> anyhow::Result<()> {
     let projector = Projector::new(dir.clone(), opts.clone(), Hooks::default(), cipher.clone());
     tokio::spawn(projector.clone().run(dispatcher.subscribe()));
     let start = dispatcher.state().revision;
-    while projector.status().revision < start {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut written = projector.written();
+    written.wait_for(|r| *r >= start).await?;
     let mut lat = Vec::new();
     for i in 0..args.commands {
         // Alternating HR resolution: every command changes the scrape file.
@@ -228,9 +227,7 @@ pub async fn run(args: BenchFilesArgs) -> anyhow::Result<()> {
             .dispatch(change, CommandMeta::new("bench"))
             .await?;
         let acked = Instant::now();
-        while projector.status().revision < applied.revision {
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
+        written.wait_for(|r| *r >= applied.revision).await?;
         lat.push(acked.elapsed());
     }
     lat.sort();

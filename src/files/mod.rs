@@ -316,6 +316,8 @@ pub struct Projector {
     cipher: Arc<Cipher>,
     status: Arc<Mutex<Status>>,
     cache: Arc<Mutex<scrape::JobCache>>,
+    /// The revision of the last render written.
+    written: Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 /// How long the projector waits after a change for more changes to arrive.
@@ -330,7 +332,13 @@ impl Projector {
             cipher,
             status: Arc::default(),
             cache: Arc::default(),
+            written: Arc::new(tokio::sync::watch::channel(0).0),
         }
+    }
+
+    /// Changes to the revision whose files are on disk: wait on it instead of polling.
+    pub fn written(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.written.subscribe()
     }
 
     pub fn status(&self) -> Status {
@@ -350,6 +358,7 @@ impl Projector {
                     s.revision = state.revision;
                     s.renders += 1;
                     s.error = None;
+                    self.written.send_replace(state.revision);
                 }
                 Err(e) => s.error = Some(e.to_string()),
             }
