@@ -464,26 +464,16 @@ pub fn add_agent(p: P<'_>) -> Result<Command> {
     }))
 }
 
-/// ChangeAgent's oneof: no pmm-agent, plus nomad-agent.
-const CHANGE_AGENT_KEYS: [&str; 17] = [
-    "node_exporter",
-    "mysqld_exporter",
-    "mongodb_exporter",
-    "postgres_exporter",
-    "proxysql_exporter",
-    "external_exporter",
-    "rds_exporter",
-    "azure_database_exporter",
-    "qan_mysql_perfschema_agent",
-    "qan_mysql_slowlog_agent",
-    "qan_mongodb_profiler_agent",
-    "qan_mongodb_mongolog_agent",
-    "qan_postgresql_pgstatements_agent",
-    "qan_postgresql_pgstatmonitor_agent",
-    "nomad_agent",
-    "valkey_exporter",
-    "rta_mongodb_agent",
-];
+/// ChangeAgent's oneof: AddAgent's, without pmm-agent (it has no change) and with
+/// nomad-agent (it cannot be added).
+static CHANGE_AGENT_KEYS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    AGENT_KEYS
+        .iter()
+        .copied()
+        .filter(|k| *k != "pmm_agent")
+        .chain(["nomad_agent"])
+        .collect()
+});
 
 pub fn change_agent(p: P<'_>) -> Result<Command> {
     let (key, a) = p.oneof(&CHANGE_AGENT_KEYS).ok_or_else(|| {
