@@ -12,7 +12,7 @@
 //! password guesses offline. The real hashes are in the node's `manifest.json`.
 
 use super::{RenderOptions, Rendered, render_all, sha256_hex};
-use crate::commands::{Command, Ctx, ErrorClass};
+use crate::commands::{Command, Ctx};
 use crate::crypto::Cipher;
 use crate::domain::State;
 use crate::grpc::requests::{self as req, P};
@@ -259,19 +259,9 @@ async fn preview(
         seed: rand::random(),
         env: Default::default(),
     };
-    let after = match crate::commands::decide_and_evolve(&state, &cmd, &ctx) {
-        Ok((_, s)) => s,
-        Err(r) => {
-            let code = match r.class {
-                ErrorClass::InvalidArgument => tonic::Code::InvalidArgument,
-                ErrorClass::NotFound => tonic::Code::NotFound,
-                ErrorClass::AlreadyExists => tonic::Code::AlreadyExists,
-                ErrorClass::FailedPrecondition => tonic::Code::FailedPrecondition,
-                ErrorClass::PermissionDenied => tonic::Code::PermissionDenied,
-            };
-            return Err(Status::new(code, r.to_string()));
-        }
-    };
+    // A refusal gets the public API's one mapping of rule classes to codes.
+    let (_, after) =
+        crate::commands::decide_and_evolve(&state, &cmd, &ctx).map_err(Status::from)?;
     let revision = state.revision;
     let before_shown = shown(state, api.cipher.clone(), opts).await?;
     let after_shown = shown(after, api.cipher.clone(), opts).await?;

@@ -547,13 +547,16 @@ fn plain_is_safe(s: &str) -> bool {
     !SPECIAL.iter().any(|w| s.eq_ignore_ascii_case(w))
 }
 
-fn internal_jobs(state: &State, opts: &RenderOptions, res: Resolutions) -> Vec<Job> {
-    let pmm = Arc::new(BTreeMap::from([(
-        "instance".to_owned(),
-        "pmm-server".to_owned(),
-    )]));
-    let job = |name: &str, interval: Duration, target: &str, path: &str| Job {
-        job_name: name.to_owned(),
+/// A job with one target and no auth or params: the internal jobs and the RDS ones.
+fn plain_job(
+    job_name: String,
+    interval: Duration,
+    target: &str,
+    path: &str,
+    labels: Arc<BTreeMap<String, String>>,
+) -> Job {
+    Job {
+        job_name,
         honor_labels: false,
         honor_timestamps: false,
         params: BTreeMap::new(),
@@ -563,12 +566,22 @@ fn internal_jobs(state: &State, opts: &RenderOptions, res: Resolutions) -> Vec<J
         scheme: None,
         static_configs: vec![StaticConfig {
             targets: vec![target.to_owned()],
-            labels: pmm.clone(),
+            labels,
         }],
         basic_auth: None,
         tls_config: None,
         follow_redirects: false,
         stream_parse: false,
+    }
+}
+
+fn internal_jobs(state: &State, opts: &RenderOptions, res: Resolutions) -> Vec<Job> {
+    let pmm = Arc::new(BTreeMap::from([(
+        "instance".to_owned(),
+        "pmm-server".to_owned(),
+    )]));
+    let job = |name: &str, interval: Duration, target: &str, path: &str| {
+        plain_job(name.to_owned(), interval, target, path, pmm.clone())
     };
     let mut jobs = vec![
         job(
@@ -667,24 +680,15 @@ fn agent_jobs(
     for target in rds_targets {
         let mapped = target.replace(['.', ':', '/'], "_");
         for (res, path, interval) in [("mr", "/enhanced", global.mr), ("lr", "/basic", global.lr)] {
-            rds.push(Job {
-                job_name: format!("rds_exporter_{mapped}_{res}-{}", go_duration(interval)),
-                honor_labels: true,
-                honor_timestamps: false,
-                params: BTreeMap::new(),
-                scrape_interval: prom_duration(interval),
-                scrape_timeout: prom_duration(timeout(interval)),
-                metrics_path: Some(path.to_owned()),
-                scheme: None,
-                static_configs: vec![StaticConfig {
-                    targets: vec![target.clone()],
-                    labels: Arc::default(),
-                }],
-                basic_auth: None,
-                tls_config: None,
-                follow_redirects: false,
-                stream_parse: false,
-            });
+            let mut job = plain_job(
+                format!("rds_exporter_{mapped}_{res}-{}", go_duration(interval)),
+                interval,
+                &target,
+                path,
+                Arc::default(),
+            );
+            job.honor_labels = true;
+            rds.push(job);
         }
     }
     AgentJobs { chunks, rds }
