@@ -10,7 +10,13 @@ use std::path::{Path, PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let mut files = Vec::new();
-    for dir in ["common", "inventory/v1", "management/v1", "server/v1"] {
+    for dir in [
+        "common",
+        "inventory/v1",
+        "management/v1",
+        "server/v1",
+        "alerting/v1",
+    ] {
         files.extend(protos_in(&Path::new("proto").join(dir))?);
     }
     files.push(PathBuf::from("proto/pmmcp/cluster/v1/cluster.proto"));
@@ -36,7 +42,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&bytes)?
         .preserve_proto_field_names()
-        .build(&[".common", ".inventory", ".management", ".server"])?;
+        .build(&[
+            ".common",
+            ".inventory",
+            ".management",
+            ".server",
+            ".alerting",
+        ])?;
     Ok(())
 }
 

@@ -62,6 +62,9 @@ pub fn router(api: QueryApi) -> Router {
         .route("/v1/query/agents/{id}", get(get_agent))
         .route("/v1/query/settings", get(get_settings))
         .route("/v1/query/cluster", get(cluster))
+        .route("/v1/query/alerting/templates", get(list_alert_templates))
+        .route("/v1/query/alerting/rules", get(list_alert_rules))
+        .route("/v1/query/alerting/rules/{id}", get(get_alert_rule))
         .route_layer(middleware::from_fn_with_state((api.clone(), VIEW), require));
     let history = Router::new()
         .route("/v1/query/events", get(events))
@@ -667,6 +670,64 @@ async fn events(State(api): State<QueryApi>, q: Params<EventParams>) -> Result<R
     Ok(at_revision(
         revision,
         json!({ "events": events, "next_after": next_after }),
+    ))
+}
+
+impl QueryApi {
+    /// This node's state once it is as recent as the request's consistency parameters ask.
+    async fn state_as_asked(
+        &self,
+        q: Params<Consistency>,
+    ) -> Result<crate::domain::State, ApiError> {
+        let Query(c) = q?;
+        self.ready(&c).await?;
+        Ok(self.dispatcher.state())
+    }
+}
+
+/// Built-in and user alert rule templates, by name (from the state: templates are few).
+async fn list_alert_templates(
+    State(api): State<QueryApi>,
+    q: Params<Consistency>,
+) -> Result<Response, ApiError> {
+    let state = api.state_as_asked(q).await?;
+    let templates: Vec<Value> = crate::grpc::alerting::all_templates(&state)
+        .iter()
+        .map(|t| crate::grpc::alerting::template_view(t))
+        .collect();
+    Ok(at_revision(
+        state.revision,
+        json!({ "templates": templates }),
+    ))
+}
+
+/// Alert rules by id, with the expression, labels and annotations vmalert evaluates.
+async fn list_alert_rules(
+    State(api): State<QueryApi>,
+    q: Params<Consistency>,
+) -> Result<Response, ApiError> {
+    let state = api.state_as_asked(q).await?;
+    let rules: Vec<Value> = state
+        .alert_rules
+        .values()
+        .map(|r| crate::grpc::alerting::rule_view(r))
+        .collect();
+    Ok(at_revision(state.revision, json!({ "rules": rules })))
+}
+
+async fn get_alert_rule(
+    State(api): State<QueryApi>,
+    Path(id): Path<String>,
+    q: Params<Consistency>,
+) -> Result<Response, ApiError> {
+    let state = api.state_as_asked(q).await?;
+    let rule = state
+        .alert_rules
+        .get(&crate::domain::RuleId::from(id.as_str()))
+        .ok_or_else(|| ApiError::not_found(format!("rule {id:?} not found")))?;
+    Ok(at_revision(
+        state.revision,
+        json!({ "rule": crate::grpc::alerting::rule_view(rule) }),
     ))
 }
 

@@ -241,6 +241,7 @@ pub async fn serve(
     let render_options = crate::files::RenderOptions {
         vm_url: args.files.vm_url.clone(),
         scrape_config_path: args.files.scrape_config_path.clone(),
+        alert_rules_dir: args.files.alert_rules_dir.clone(),
         ..crate::files::RenderOptions::default()
     };
     let mut public = crate::grpc::Api::new(
@@ -249,6 +250,13 @@ pub async fn serve(
         Arc::new(cipher.clone()),
     );
     public.files = render_options.clone();
+    public.rule_checker = crate::files::vmalert::RuleChecker::new(&args.files.vmalert_binary);
+    match public.rule_checker.binary() {
+        Some(b) => info!(vmalert = %b.display(), "alert rules are checked with vmalert -dryRun"),
+        None => {
+            warn!(binary = %args.files.vmalert_binary, "vmalert not found: alert rules are not checked before they are stored")
+        }
+    }
     let router = crate::grpc::router(public, query)?;
     let api_task = tokio::spawn(
         axum::serve(api_listener, router)
@@ -287,6 +295,7 @@ pub async fn serve(
         render_options,
         crate::files::Hooks {
             victoriametrics_reload_url: args.files.vm_reload_url.clone(),
+            vmalert_reload_url: args.files.vmalert_reload_url.clone(),
             supervisord_command: args.files.supervisord_reload_command.clone(),
         },
         Arc::new(cipher.clone()),

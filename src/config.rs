@@ -91,8 +91,8 @@ pub struct ServeArgs {
     pub files: FilesArgs,
 }
 
-/// Where and how the generated files (scrape configuration, vmagent configurations,
-/// supervisord programs) are written.
+/// Where and how the generated files (scrape configuration, vmagent configurations, vmalert
+/// rules, supervisord programs) are written.
 #[derive(Debug, Clone, Args)]
 pub struct FilesArgs {
     /// This node's output directory (default `<data-dir>/files`); every file stays inside it.
@@ -113,6 +113,18 @@ pub struct FilesArgs {
         default_value = "http://127.0.0.1:9090/prometheus/"
     )]
     pub vm_url: String,
+    /// The directory vmalert reads pmm-cp's alert rule files from (`<files-dir>/vmalert` as
+    /// vmalert sees it; a `--rule=DIR/*.yml` flag of the vmalert program).
+    #[arg(long, env = "PMM_CP_ALERT_RULES_DIR", default_value = "/etc/ia/rules")]
+    pub alert_rules_dir: String,
+    /// vmalert, run with `-dryRun` on every alert rule (and template) before its command is
+    /// sent; `""` turns the check off. Looked up on `PATH` unless it has a slash.
+    #[arg(long, env = "PMM_CP_VMALERT_BINARY", default_value = "vmalert")]
+    pub vmalert_binary: String,
+    /// POSTed to after an alert rule file changes, e.g. `http://127.0.0.1:8880/-/reload`
+    /// (none: no reload).
+    #[arg(long, env = "PMM_CP_VMALERT_RELOAD_URL")]
+    pub vmalert_reload_url: Option<String>,
     /// POSTed to after the scrape configuration changes, e.g.
     /// `http://127.0.0.1:9090/prometheus/-/reload` (none: no reload).
     #[arg(long, env = "PMM_CP_VM_RELOAD_URL")]
@@ -130,6 +142,9 @@ impl Default for FilesArgs {
             scrape_config_path: "/etc/victoriametrics-promscrape.yml".to_owned(),
             vm_url: "http://127.0.0.1:9090/prometheus/".to_owned(),
             vm_reload_url: None,
+            alert_rules_dir: "/etc/ia/rules".to_owned(),
+            vmalert_binary: "vmalert".to_owned(),
+            vmalert_reload_url: None,
             supervisord_reload_command: None,
         }
     }

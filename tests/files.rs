@@ -1,10 +1,11 @@
 //! File projections: golden files for every agent type and the settings that change the
 //! output; determinism and YAML/INI round trips over random inventories; the real tools
-//! (victoria-metrics, vmagent, supervisord's parser) accept every golden file and a large random
+//! (victoria-metrics, vmagent, vmalert, promtool, supervisord's parser) accept every golden file and a large random
 //! inventory's output; writes are atomic and a killed writer leaves the old or the new file.
 //!
 //! `PMM_UPDATE_GOLDEN=1 cargo nextest run --test files` rewrites the golden files; review the
-//! diff like code. The validators come from Debian packages `victoria-metrics` and `supervisor`,
+//! diff like code. The validators come from Debian packages `victoria-metrics`, `prometheus` and
+//! `supervisor`,
 //! which `scripts/test` installs; without them these tests fail unless
 //! `PMM_SKIP_VALIDATORS=1` says to skip them.
 
@@ -330,9 +331,90 @@ fn state_of(events: &[Event]) -> State {
     s
 }
 
+/// A user template and rules that exercise the rule file: built-in and user templates,
+/// parameters, custom labels, filters, odd names, a disabled rule, and a rule whose template
+/// was deleted after (it keeps its copy).
+fn alerting(state: &State) -> Vec<Event> {
+    use pmmcp::commands::alerting::{CreateRule, CreateTemplate, DeleteTemplate};
+    use pmmcp::commands::{Command, Ctx, decide_and_evolve};
+    use pmmcp::domain::alerting::{FilterKind, RuleFilter, Severity};
+    let yaml = r#"
+templates:
+  - name: replica_lag
+    version: 1
+    summary: Replica behind its source
+    expr: max by (service_name) (mysql_slave_status_seconds_behind_master) > [[ .lag ]]
+    params:
+      - { name: lag, summary: Seconds behind, unit: s, type: float, range: [1, 86400], value: 30 }
+    for: 2m
+    severity: error
+    labels: { team: db, lag_limit: "[[ .lag ]]" }
+    annotations:
+      summary: "{{ $labels.service_name }} is more than [[ .lag ]]s behind"
+"#;
+    let rule = |template: &str, name: &str, group: &str| CreateRule {
+        template_name: template.to_owned(),
+        name: name.to_owned(),
+        group: group.to_owned(),
+        ..CreateRule::default()
+    };
+    let commands = [
+        Command::CreateAlertTemplate(CreateTemplate {
+            yaml: yaml.to_owned(),
+        }),
+        Command::CreateAlertRule(rule("pmm_mysql_down", "MySQL down", "databases")),
+        Command::CreateAlertRule(CreateRule {
+            params: [("threshold".to_owned(), 92.5)].into(),
+            for_secs: Some(600),
+            interval_secs: Some(30),
+            severity: Some(Severity::Critical),
+            custom_labels: [("env".to_owned(), "prod: \"eu\" 100%".to_owned())].into(),
+            filters: vec![
+                RuleFilter {
+                    kind: FilterKind::Match,
+                    label: "node_name".into(),
+                    regexp: r"^app-\d+$".into(),
+                },
+                RuleFilter {
+                    kind: FilterKind::Mismatch,
+                    label: "environment".into(),
+                    regexp: "dev|test".into(),
+                },
+            ],
+            ..rule(
+                "pmm_node_high_cpu_load",
+                "CPU busy on \"app\" nodes: 92.5%",
+                "nodes",
+            )
+        }),
+        Command::CreateAlertRule(CreateRule {
+            enabled: Some(false),
+            ..rule("pmm_node_low_free_disk", "Disk (off)", "nodes")
+        }),
+        Command::CreateAlertRule(CreateRule {
+            params: [("lag".to_owned(), 300.0)].into(),
+            ..rule("replica_lag", "Replica lag", "databases")
+        }),
+        Command::DeleteAlertTemplate(DeleteTemplate {
+            name: "replica_lag".into(),
+        }),
+    ];
+    let mut state = state.clone();
+    let mut out = Vec::new();
+    for (i, cmd) in commands.iter().enumerate() {
+        let ctx = Ctx::fixed(t0(), 1000 + i as u128);
+        let (events, next) = decide_and_evolve(&state, cmd, &ctx).expect("alerting command");
+        state = next;
+        out.extend(events);
+    }
+    out
+}
+
 /// The settings variants that change the output.
 fn variants(cipher: &Cipher) -> Vec<(&'static str, State)> {
-    let base = inventory(cipher);
+    let mut base = inventory(cipher);
+    let rules = alerting(&state_of(&base));
+    base.extend(rules);
     let mut changed = Settings {
         hr_secs: Some(10),
         mr_secs: Some(30),
@@ -602,6 +684,24 @@ fn validate(dir: &Path, rendered: &[Rendered]) {
                     .arg(format!("-promscrape.config={}", path.display())),
                 &format!("vmagent -dryRun {}", f.path),
             ),
+            files::Reader::Vmalert => {
+                check(
+                    Command::new("vmalert")
+                        .arg("-dryRun")
+                        .arg(format!("-rule={}", path.display())),
+                    &format!("vmalert -dryRun {}", f.path),
+                );
+                // promtool knows PromQL only: MetricsQL's label_match is vmalert's alone.
+                if !String::from_utf8_lossy(&f.bytes).contains("label_m") {
+                    check(
+                        Command::new("promtool")
+                            .arg("check")
+                            .arg("rules")
+                            .arg(&path),
+                        &format!("promtool check rules {}", f.path),
+                    );
+                }
+            }
             files::Reader::Supervisord => programs.push(path),
         }
     }

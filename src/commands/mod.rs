@@ -9,6 +9,7 @@
 //! - `add_service.rs`: management AddService for every service type, RDS and Azure
 //! - `remove_service.rs`: management RemoveService by id or name
 //! - `settings.rs`: ChangeSettings, with PMM's ranges and environment pins
+//! - `alerting.rs`: alert rule templates and the alert rules made from them
 //! - `bootstrap.rs`: the PMM Server's own node, pmm-agent and node_exporter
 //! - `dispatcher.rs`: the single entry point, `dispatch`, with group commit
 //!
@@ -17,6 +18,7 @@
 
 pub mod add_service;
 pub mod agents;
+pub mod alerting;
 pub mod bootstrap;
 pub mod dispatcher;
 pub mod error;
@@ -56,6 +58,12 @@ pub enum Command {
     BootstrapServer(bootstrap::BootstrapServer),
     CreateToken(tokens::CreateToken),
     RevokeToken(tokens::RevokeToken),
+    CreateAlertTemplate(alerting::CreateTemplate),
+    UpdateAlertTemplate(alerting::UpdateTemplate),
+    DeleteAlertTemplate(alerting::DeleteTemplate),
+    CreateAlertRule(alerting::CreateRule),
+    ChangeAlertRule(alerting::ChangeRule),
+    DeleteAlertRule(alerting::DeleteRule),
 }
 
 impl Command {
@@ -79,6 +87,12 @@ impl Command {
             Command::BootstrapServer(_) => "BootstrapServer",
             Command::CreateToken(_) => "CreateToken",
             Command::RevokeToken(_) => "RevokeToken",
+            Command::CreateAlertTemplate(_) => "CreateAlertTemplate",
+            Command::UpdateAlertTemplate(_) => "UpdateAlertTemplate",
+            Command::DeleteAlertTemplate(_) => "DeleteAlertTemplate",
+            Command::CreateAlertRule(_) => "CreateAlertRule",
+            Command::ChangeAlertRule(_) => "ChangeAlertRule",
+            Command::DeleteAlertRule(_) => "DeleteAlertRule",
         }
     }
 }
@@ -208,6 +222,12 @@ pub fn decide_and_evolve(
         Command::BootstrapServer(c) => c.decide(&mut d),
         Command::CreateToken(c) => c.decide(&mut d).map(drop),
         Command::RevokeToken(c) => c.decide(&mut d),
+        Command::CreateAlertTemplate(c) => c.decide(&mut d),
+        Command::UpdateAlertTemplate(c) => c.decide(&mut d),
+        Command::DeleteAlertTemplate(c) => c.decide(&mut d),
+        Command::CreateAlertRule(c) => c.decide(&mut d).map(drop),
+        Command::ChangeAlertRule(c) => c.decide(&mut d),
+        Command::DeleteAlertRule(c) => c.decide(&mut d),
     }?;
     Ok((d.events, d.state))
 }

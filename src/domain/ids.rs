@@ -73,6 +73,10 @@ id_type!(
     /// An API token's id (not its secret).
     TokenId
 );
+id_type!(
+    /// An alert rule's id.
+    RuleId
+);
 
 /// Management RemoveService treats its argument as an id when it *ends* with a UUID
 /// (PMM's regex is anchored only at the end), otherwise as a service name.

@@ -5,6 +5,7 @@
 //! [`crate::commands::Rejection`]s, so every rule has one home.
 
 pub mod agent;
+pub mod alerting;
 pub mod ids;
 pub mod labels;
 pub mod limits;
@@ -16,7 +17,8 @@ pub mod state;
 pub mod token;
 
 pub use agent::{Agent, AgentStatus, AgentType, LogLevel, MetricsResolutions};
-pub use ids::{AgentId, NodeId, PMM_SERVER_ID, ServiceId, Timestamp, TokenId};
+pub use alerting::{AlertRule, AlertTemplate};
+pub use ids::{AgentId, NodeId, PMM_SERVER_ID, RuleId, ServiceId, Timestamp, TokenId};
 pub use labels::Labels;
 pub use node::{Node, NodeType};
 pub use secret::Sealed;

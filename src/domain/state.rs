@@ -5,7 +5,10 @@
 //! a clone and readers keep a snapshot without blocking writers. Secondary indexes (names,
 //! addresses, children) keep every uniqueness check and cascade lookup at O(log n).
 
-use super::{Agent, AgentId, ApiToken, Node, NodeId, Service, ServiceId, Settings, TokenId};
+use super::{
+    Agent, AgentId, AlertRule, AlertTemplate, ApiToken, Node, NodeId, RuleId, Service, ServiceId,
+    Settings, TokenId,
+};
 use crate::events::Event;
 use imbl::{OrdMap, OrdSet};
 use std::sync::Arc;
@@ -21,6 +24,9 @@ pub struct State {
     pub settings: Arc<Settings>,
     /// API tokens (their hashes, never their secrets).
     pub tokens: OrdMap<TokenId, Arc<ApiToken>>,
+    /// User alert rule templates by name (built-ins are not state: they ship with the binary).
+    pub alert_templates: OrdMap<String, Arc<AlertTemplate>>,
+    pub alert_rules: OrdMap<RuleId, Arc<AlertRule>>,
     index: Index,
 }
 
@@ -90,6 +96,20 @@ impl State {
                 }
                 self.drop_token(token_id)
             }
+            Event::AlertTemplateCreated { template } | Event::AlertTemplateUpdated { template } => {
+                self.alert_templates
+                    .insert(template.name.clone(), Arc::new(template.clone()));
+            }
+            Event::AlertTemplateDeleted { name } => {
+                self.alert_templates.remove(name);
+            }
+            Event::AlertRuleCreated { rule } | Event::AlertRuleChanged { rule } => {
+                self.alert_rules
+                    .insert(rule.rule_id.clone(), Arc::new(rule.clone()));
+            }
+            Event::AlertRuleDeleted { rule_id } => {
+                self.alert_rules.remove(rule_id);
+            }
         }
     }
 
@@ -114,6 +134,14 @@ impl State {
         if ix.token_by_name.get(token.name.as_str()) == Some(id) {
             ix.token_by_name.remove(token.name.as_str());
         }
+    }
+
+    /// A template by name: a user template, else a built-in one.
+    pub fn alert_template(&self, name: &str) -> Option<Arc<AlertTemplate>> {
+        self.alert_templates
+            .get(name)
+            .cloned()
+            .or_else(|| super::alerting::builtin_templates().get(name).cloned())
     }
 
     /// The token whose secret hashes to `hash`.

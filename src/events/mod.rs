@@ -10,7 +10,8 @@ pub mod codec;
 pub mod redact;
 
 use crate::domain::{
-    Agent, AgentId, ApiToken, Node, NodeId, Service, ServiceId, Settings, TokenId,
+    Agent, AgentId, AlertRule, AlertTemplate, ApiToken, Node, NodeId, RuleId, Service, ServiceId,
+    Settings, TokenId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,12 @@ pub enum Event {
     SettingsChanged { settings: Settings },
     TokenCreated { token: ApiToken },
     TokenRevoked { token_id: TokenId },
+    AlertTemplateCreated { template: AlertTemplate },
+    AlertTemplateUpdated { template: AlertTemplate },
+    AlertTemplateDeleted { name: String },
+    AlertRuleCreated { rule: AlertRule },
+    AlertRuleChanged { rule: AlertRule },
+    AlertRuleDeleted { rule_id: RuleId },
 }
 
 /// The stream an event belongs to: one per entity, so an entity's history is one read.
@@ -39,6 +46,8 @@ pub enum StreamKey {
     Agent(AgentId),
     Settings,
     Token(TokenId),
+    AlertTemplate(String),
+    AlertRule(RuleId),
 }
 
 impl StreamKey {
@@ -51,6 +60,8 @@ impl StreamKey {
             StreamKey::Agent(id) => format!("agent-{id}"),
             StreamKey::Settings => "settings".to_owned(),
             StreamKey::Token(id) => format!("token-{id}"),
+            StreamKey::AlertTemplate(name) => format!("alert-template-{name}"),
+            StreamKey::AlertRule(id) => format!("alert-rule-{id}"),
         }
     }
 }
@@ -70,6 +81,12 @@ impl Event {
             Event::SettingsChanged { .. } => "SettingsChanged",
             Event::TokenCreated { .. } => "TokenCreated",
             Event::TokenRevoked { .. } => "TokenRevoked",
+            Event::AlertTemplateCreated { .. } => "AlertTemplateCreated",
+            Event::AlertTemplateUpdated { .. } => "AlertTemplateUpdated",
+            Event::AlertTemplateDeleted { .. } => "AlertTemplateDeleted",
+            Event::AlertRuleCreated { .. } => "AlertRuleCreated",
+            Event::AlertRuleChanged { .. } => "AlertRuleChanged",
+            Event::AlertRuleDeleted { .. } => "AlertRuleDeleted",
         }
     }
 
@@ -89,6 +106,14 @@ impl Event {
             Event::SettingsChanged { .. } => StreamKey::Settings,
             Event::TokenCreated { token } => StreamKey::Token(token.token_id.clone()),
             Event::TokenRevoked { token_id } => StreamKey::Token(token_id.clone()),
+            Event::AlertTemplateCreated { template } | Event::AlertTemplateUpdated { template } => {
+                StreamKey::AlertTemplate(template.name.clone())
+            }
+            Event::AlertTemplateDeleted { name } => StreamKey::AlertTemplate(name.clone()),
+            Event::AlertRuleCreated { rule } | Event::AlertRuleChanged { rule } => {
+                StreamKey::AlertRule(rule.rule_id.clone())
+            }
+            Event::AlertRuleDeleted { rule_id } => StreamKey::AlertRule(rule_id.clone()),
         }
     }
 }

@@ -12,12 +12,14 @@
 //!
 //! Files (relative to the output directory): `victoriametrics-promscrape.yml` (the server's
 //! scrape configuration), `vmagent/<pmm-agent id>.yml` (each pmm-agent's push configuration),
-//! `supervisord.d/<program>.ini`.
+//! `vmalert/<rule id>.yml` (each enabled alert rule), `supervisord.d/<program>.ini`.
 
 pub mod durations;
 pub mod query;
 pub mod scrape;
 pub mod supervisord;
+pub mod vmalert;
+pub mod yaml;
 
 use crate::crypto::Cipher;
 use crate::domain::State;
@@ -38,8 +40,10 @@ pub struct RenderOptions {
     pub bind: String,
     /// Where VictoriaMetrics reads the scrape configuration (its `--promscrape.config`).
     pub scrape_config_path: String,
-    /// vmalert's rule directory.
+    /// vmalert's rule directory for the user's own rule files.
     pub rules_dir: String,
+    /// Where vmalert reads the rule files pmm-cp writes (`vmalert/` of the output directory).
+    pub alert_rules_dir: String,
     /// supervisord's log directory and the user programs run as.
     pub log_dir: String,
     pub supervisord_user: String,
@@ -54,6 +58,7 @@ impl Default for RenderOptions {
             bind: "127.0.0.1".to_owned(),
             scrape_config_path: "/etc/victoriametrics-promscrape.yml".to_owned(),
             rules_dir: "/srv/prometheus/rules".to_owned(),
+            alert_rules_dir: "/etc/ia/rules".to_owned(),
             log_dir: "/srv/logs".to_owned(),
             supervisord_user: "pmm".to_owned(),
             redact_secrets: false,
@@ -101,6 +106,7 @@ impl RenderOptions {
 pub enum Reader {
     VictoriaMetrics,
     Vmagent,
+    Vmalert,
     Supervisord,
 }
 
@@ -139,6 +145,13 @@ pub fn render_all_cached(
         });
     }
     cache.finish();
+    for (rule_id, text) in vmalert::render(state) {
+        out.push(Rendered {
+            path: format!("vmalert/{}.yml", file_safe(&rule_id)),
+            bytes: text.into_bytes(),
+            reader: Reader::Vmalert,
+        });
+    }
     for (name, text) in supervisord::render(state, opts) {
         out.push(Rendered {
             path: format!("supervisord.d/{name}"),
@@ -248,6 +261,7 @@ pub fn write_all(dir: &Path, rendered: &[Rendered], revision: i64) -> std::io::R
     let keep: std::collections::HashSet<&str> = rendered.iter().map(|f| f.path.as_str()).collect();
     for (sub, ext, reader) in [
         ("vmagent", ".yml", Reader::Vmagent),
+        ("vmalert", ".yml", Reader::Vmalert),
         ("supervisord.d", ".ini", Reader::Supervisord),
         ("", ".yml", Reader::VictoriaMetrics),
     ] {
@@ -290,6 +304,8 @@ pub fn write_all(dir: &Path, rendered: &[Rendered], revision: i64) -> std::io::R
 pub struct Hooks {
     /// POSTed to when the scrape configuration changes (e.g. `http://127.0.0.1:9090/prometheus/-/reload`).
     pub victoriametrics_reload_url: Option<String>,
+    /// POSTed to when a vmalert rule file changes (e.g. `http://127.0.0.1:8880/-/reload`).
+    pub vmalert_reload_url: Option<String>,
     /// Run with `sh -c` when a program file changes (e.g. `supervisorctl reread && supervisorctl update`).
     pub supervisord_command: Option<String>,
 }
@@ -373,8 +389,12 @@ impl Projector {
         let mut last_ok: Option<i64> = None;
         // Readers owed a reload: kept until their reload succeeds. At start every reader is
         // owed one (the files may have changed while this node was down).
-        let mut pending: std::collections::BTreeSet<Reader> =
-            [Reader::VictoriaMetrics, Reader::Supervisord].into();
+        let mut pending: std::collections::BTreeSet<Reader> = [
+            Reader::VictoriaMetrics,
+            Reader::Vmalert,
+            Reader::Supervisord,
+        ]
+        .into();
         loop {
             let state = states.borrow_and_update().clone();
             if last_ok != Some(state.revision) {
@@ -388,7 +408,11 @@ impl Projector {
                     Ok(Err(e)) => {
                         // Some files may be new on disk already: reload them all once the
                         // write goes through.
-                        pending.extend([Reader::VictoriaMetrics, Reader::Supervisord]);
+                        pending.extend([
+                            Reader::VictoriaMetrics,
+                            Reader::Vmalert,
+                            Reader::Supervisord,
+                        ]);
                         tracing::warn!(error = %e, dir = %self.dir.display(), "writing the generated files failed; retrying");
                     }
                     Err(e) => tracing::warn!(error = %e, "the render task failed"),
@@ -420,6 +444,10 @@ impl Projector {
     async fn reload(&self, reader: Reader) -> bool {
         let outcome = match reader {
             Reader::VictoriaMetrics => match &self.hooks.victoriametrics_reload_url {
+                None => return true,
+                Some(url) => retry(|| post(url)).await,
+            },
+            Reader::Vmalert => match &self.hooks.vmalert_reload_url {
                 None => return true,
                 Some(url) => retry(|| post(url)).await,
             },

@@ -15,6 +15,7 @@ use super::{RenderOptions, Rendered, render_all, sha256_hex};
 use crate::commands::{Command, Ctx};
 use crate::crypto::Cipher;
 use crate::domain::State;
+use crate::grpc::alerting as al;
 use crate::grpc::requests::{self as req, P};
 use crate::grpc::{Access, Api};
 use crate::store::{self, ReadFilter, Secrets};
@@ -217,6 +218,12 @@ fn command_of(rpc: &str, request: &Value, cipher: &Cipher) -> Result<Command, St
         "management.v1.ManagementService/AddAzureDatabase" => req::add_azure_database(p),
         "management.v1.ManagementService/RemoveService" => req::remove_managed_service(p),
         "server.v1.ServerService/ChangeSettings" => req::change_settings(p)?,
+        "alerting.v1.AlertingService/CreateTemplate" => al::create_template_cmd(p)?,
+        "alerting.v1.AlertingService/UpdateTemplate" => al::update_template_cmd(p)?,
+        "alerting.v1.AlertingService/DeleteTemplate" => al::delete_template_cmd(p)?,
+        "alerting.v1.AlertingService/CreateRule" => al::create_rule(p)?,
+        "alerting.v1.AlertingService/ChangeRule" => Command::ChangeAlertRule(al::change_rule(p)?),
+        "alerting.v1.AlertingService/DeleteRule" => al::delete_rule_cmd(p)?,
         other => {
             return Err(Status::invalid_argument(format!(
                 "{other:?} is not a command of the public API"

@@ -135,6 +135,7 @@ pub fn render(state: &State, opts: &RenderOptions) -> Vec<(String, String)> {
                 "--remoteRead.ignoreRestoreErrors=false".to_owned(),
                 format!("--remoteWrite.url={vm_url}"),
                 format!("--rule={}/*.yml", opts.rules_dir),
+                format!("--rule={}/*.yml", opts.alert_rules_dir),
                 format!("--httpListenAddr={bind}:8880"),
             ],
         ),

@@ -12,6 +12,7 @@
 //! `PermissionDenied` / 403. Commands may carry `x-pmm-command-id` so a retry applies once;
 //! every answer carries `x-pmm-revision`, the revision it reflects.
 
+pub mod alerting;
 pub mod handlers;
 pub mod openapi;
 pub mod pb;
@@ -53,6 +54,8 @@ pub struct Api {
     pub cipher: Arc<Cipher>,
     /// How this node renders its generated files (for the files' query routes).
     pub files: crate::files::RenderOptions,
+    /// vmalert's check of alert rules before their commands are sent.
+    pub rule_checker: crate::files::vmalert::RuleChecker,
 }
 
 /// Who calls: the token that authenticated the call, and the headers it came with.
@@ -145,6 +148,7 @@ impl Api {
             pool,
             cipher,
             files: crate::files::RenderOptions::default(),
+            rule_checker: crate::files::vmalert::RuleChecker::new("vmalert"),
         }
     }
 
@@ -471,6 +475,7 @@ macro_rules! services {
     };
 }
 
+use alerting as al;
 use handlers as h;
 
 services! {
@@ -507,6 +512,16 @@ services! {
         add_azure_database(AddAzureDatabaseRequest -> AddAzureDatabaseResponse) Admin POST "/v1/management/services/azure" true => h::management_add_azure_database;
         remove_service(RemoveServiceRequest -> RemoveServiceResponse) Admin DELETE "/v1/management/services/{service_id}" false => h::management_remove_service;
     }
+    AlertingService in alerting::v1 as alerting_service_server::AlertingService, "alerting.v1.AlertingService" {
+        list_templates(ListTemplatesRequest -> ListTemplatesResponse) Read GET "/v1/alerting/templates" false => al::list_templates;
+        create_template(CreateTemplateRequest -> CreateTemplateResponse) Admin POST "/v1/alerting/templates" true => al::create_template;
+        update_template(UpdateTemplateRequest -> UpdateTemplateResponse) Admin PUT "/v1/alerting/templates/{name}" true => al::update_template;
+        delete_template(DeleteTemplateRequest -> DeleteTemplateResponse) Admin DELETE "/v1/alerting/templates/{name}" false => al::delete_template;
+        create_rule(CreateRuleRequest -> CreateRuleResponse) Admin POST "/v1/alerting/rules" true => al::create_rule_rpc;
+        list_rules(ListRulesRequest -> ListRulesResponse) Read GET "/v1/alerting/rules" false => al::list_rules;
+        change_rule(ChangeRuleRequest -> ChangeRuleResponse) Admin PUT "/v1/alerting/rules/{rule_id}" true => al::change_rule_rpc;
+        delete_rule(DeleteRuleRequest -> DeleteRuleResponse) Admin DELETE "/v1/alerting/rules/{rule_id}" false => al::delete_rule;
+    }
     ServerService in server::v1 as server_service_server::ServerService, "server.v1.ServerService" {
         version(VersionRequest -> VersionResponse) Any GET "/v1/server/version" false => h::version;
         readiness(ReadinessRequest -> ReadinessResponse) Open GET "/v1/server/readyz" false => h::readiness;
@@ -537,6 +552,7 @@ pub fn router(api: Api, query: crate::api::QueryApi) -> anyhow::Result<axum::Rou
 
 /// The gRPC server's routes: the five services, reflection and health.
 pub fn grpc_routes(api: Api) -> anyhow::Result<tonic::service::Routes> {
+    use pb::alerting::v1::alerting_service_server::AlertingServiceServer;
     use pb::inventory::v1::{
         agents_service_server::AgentsServiceServer, nodes_service_server::NodesServiceServer,
         services_service_server::ServicesServiceServer,
@@ -585,6 +601,11 @@ pub fn grpc_routes(api: Api) -> anyhow::Result<tonic::service::Routes> {
         ManagementServiceServer,
         ManagementService,
         "management.v1.ManagementService"
+    );
+    add!(
+        AlertingServiceServer,
+        AlertingService,
+        "alerting.v1.AlertingService"
     );
     add!(
         ServerServiceServer,

@@ -267,6 +267,25 @@ fn query_api_paths(paths: &mut Map<String, Value>) {
     }
     paths.insert("/v1/query/chain:verify".into(), verify);
     paths.insert("/v1/query/tokens".into(), list("tokens", &[], &["admin"]));
+    // Alerting lists are whole (no paging) but take the consistency parameters.
+    let unpaged = |name: &str| {
+        let mut entry = list(name, &[], VIEW);
+        if let Some(p) = entry["get"]["parameters"].as_array_mut() {
+            p.retain(|p| !matches!(p["name"].as_str(), Some("limit" | "offset" | "order_by")));
+        }
+        entry
+    };
+    for item in ["alerting/templates", "alerting/rules"] {
+        paths.insert(format!("/v1/query/{item}"), unpaged(item));
+    }
+    let mut rule = unpaged("alerting/rules/{id}");
+    if let Some(p) = rule["get"]["parameters"].as_array_mut() {
+        p.insert(
+            0,
+            json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}),
+        );
+    }
+    paths.insert("/v1/query/alerting/rules/{id}".into(), rule);
     // The generated files (crate::files::query).
     let mut files = list("files", &[], VIEW);
     strip_paging(&mut files, "get");

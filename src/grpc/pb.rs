@@ -21,6 +21,13 @@ pub mod management {
     }
 }
 
+pub mod alerting {
+    pub mod v1 {
+        tonic::include_proto!("alerting.v1");
+        include!(concat!(env!("OUT_DIR"), "/alerting.v1.serde.rs"));
+    }
+}
+
 pub mod server {
     pub mod v1 {
         tonic::include_proto!("server.v1");

@@ -121,6 +121,30 @@ impl<'a> P<'a> {
     pub fn string_array(&self, k: &str) -> Option<Vec<String>> {
         self.obj(k).map(|m| m.strings("values"))
     }
+    /// A repeated message field: its objects (anything else in the list is skipped; the
+    /// typed decoding before this refuses it).
+    pub fn objects(&self, k: &str) -> Vec<P<'a>> {
+        self.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_object)
+                    .map(|obj| P {
+                        obj,
+                        cipher: self.cipher,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    /// A double: a JSON number, or protobuf JSON's "NaN" / "Infinity" spellings.
+    pub fn f64(&self, k: &str) -> Option<f64> {
+        match self.get(k)? {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
     pub fn obj(&self, k: &str) -> Option<P<'a>> {
         self.get(k).and_then(Value::as_object).map(|obj| P {
             obj,

@@ -38,8 +38,8 @@ impl Touched {
                 self.agents.entry(id.clone()).or_insert(existed);
             }
             StreamKey::Settings => self.settings = true,
-            // Tokens have no query table: they are read from the state.
-            StreamKey::Token(_) => {}
+            // Tokens and alerting have no query tables: they are read from the state.
+            StreamKey::Token(_) | StreamKey::AlertTemplate(_) | StreamKey::AlertRule(_) => {}
         }
     }
 }

@@ -240,6 +240,7 @@ pub fn trail(events: &[Event]) -> Vec<String> {
             Event::SettingsChanged { .. } => "SettingsChanged".to_owned(),
             Event::TokenCreated { token } => format!("TokenCreated:{}", token.token_id),
             Event::TokenRevoked { token_id } => format!("TokenRevoked:{token_id}"),
+            other => format!("{}:{}", other.event_type(), other.stream().stream_id()),
         })
         .collect()
 }
