@@ -562,6 +562,35 @@ async fn rules_become_vmalert_files_that_follow_every_change() {
         .await
         .expect_err("same name in the same group");
     assert_eq!(err.code(), Code::AlreadyExists);
+    // A preview of a rule shows its file to be, and commits nothing.
+    let before = s.head().await;
+    let (status, preview) = rest(
+        "POST",
+        &format!("{}/v1/query/files:preview", s.base),
+        &s.admin,
+        Some(json!({
+            "rpc": "alerting.v1.AlertingService/CreateRule",
+            "request": {"template_name": "pmm_mysql_down", "name": "Preview", "group": "g"},
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{preview}");
+    let files = preview["files"].as_array().expect("files");
+    assert_eq!(files.len(), 1, "{preview}");
+    assert!(
+        files[0]["path"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("vmalert/")
+    );
+    assert_eq!(files[0]["change"], "added");
+    assert!(
+        files[0]["diff"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("+      - alert: Preview")
+    );
+    assert_eq!(s.head().await, before, "a preview commits nothing");
     // A rule from the user template, over REST with PMM's JSON.
     let (status, answer) = rest(
         "POST",

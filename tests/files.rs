@@ -669,6 +669,7 @@ fn check(cmd: &mut Command, what: &str) {
 fn validate(dir: &Path, rendered: &[Rendered]) {
     files::write_all(dir, rendered, 1).expect("write");
     let mut programs = Vec::new();
+    let (mut rules, mut promql_rules) = (0, Vec::new());
     for f in rendered {
         let path = dir.join(&f.path);
         match f.reader {
@@ -685,25 +686,32 @@ fn validate(dir: &Path, rendered: &[Rendered]) {
                 &format!("vmagent -dryRun {}", f.path),
             ),
             files::Reader::Vmalert => {
-                check(
-                    Command::new("vmalert")
-                        .arg("-dryRun")
-                        .arg(format!("-rule={}", path.display())),
-                    &format!("vmalert -dryRun {}", f.path),
-                );
                 // promtool knows PromQL only: MetricsQL's label_match is vmalert's alone.
                 if !String::from_utf8_lossy(&f.bytes).contains("label_m") {
-                    check(
-                        Command::new("promtool")
-                            .arg("check")
-                            .arg("rules")
-                            .arg(&path),
-                        &format!("promtool check rules {}", f.path),
-                    );
+                    promql_rules.push(path);
                 }
+                rules += 1;
             }
             files::Reader::Supervisord => programs.push(path),
         }
+    }
+    // One run of each rule checker over every rule file.
+    if rules > 0 {
+        check(
+            Command::new("vmalert")
+                .arg("-dryRun")
+                .arg(format!("-rule={}/vmalert/*.yml", dir.display())),
+            &format!("vmalert -dryRun on {rules} rule files"),
+        );
+    }
+    if !promql_rules.is_empty() {
+        check(
+            Command::new("promtool")
+                .arg("check")
+                .arg("rules")
+                .args(&promql_rules),
+            &format!("promtool check rules on {} rule files", promql_rules.len()),
+        );
     }
     // supervisord's own parser, on a configuration that includes our program files.
     let conf = dir.join("supervisord.conf");
@@ -824,6 +832,68 @@ fn random_inventory(cipher: &Cipher, seeds: &[(u8, u16, bool, bool, u8)]) -> Sta
     state_of(&ev)
 }
 
+/// `state` with a rule per seed: a random built-in template, parameters anywhere in their
+/// ranges, names and labels with characters YAML and PromQL care about, filters, some
+/// disabled. Made through the commands, so every rule is one the API would accept.
+fn with_random_rules(state: State, seeds: &[(u8, u32, String)]) -> State {
+    use pmmcp::commands::alerting::CreateRule;
+    use pmmcp::commands::{Command, Ctx, decide_and_evolve};
+    use pmmcp::domain::alerting::{FilterKind, RuleFilter, builtin_templates};
+    let templates: Vec<_> = builtin_templates().values().cloned().collect();
+    let mut state = state;
+    for (i, (pick, n, text)) in seeds.iter().enumerate() {
+        let t = &templates[*pick as usize % templates.len()];
+        let params = t
+            .params
+            .iter()
+            .map(|p| {
+                let (lo, hi) = (p.min.map_or(0.0, |m| m.0), p.max.map_or(100.0, |m| m.0));
+                (p.name.clone(), lo + (hi - lo) * f64::from(n % 1000) / 999.0)
+            })
+            .collect();
+        let filters = (0..n % 3)
+            .map(|k| RuleFilter {
+                kind: if k == 0 {
+                    FilterKind::Match
+                } else {
+                    FilterKind::Mismatch
+                },
+                label: format!("l{k}"),
+                regexp: format!("{}.*", regex_escape(text)),
+            })
+            .collect();
+        let cmd = Command::CreateAlertRule(CreateRule {
+            template_name: t.name.clone(),
+            name: format!("{text} #{i}"),
+            group: format!("g{}", n % 7),
+            params,
+            custom_labels: [("note".to_owned(), text.clone())].into(),
+            filters,
+            interval_secs: Some(u64::from(1 + n % 600)),
+            for_secs: Some(u64::from(n % 3600)),
+            enabled: Some(n % 5 != 0),
+            ..CreateRule::default()
+        });
+        let ctx = Ctx::fixed(t0(), 5000 + i as u128);
+        state = decide_and_evolve(&state, &cmd, &ctx)
+            .expect("a valid rule")
+            .1;
+    }
+    state
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
+}
+
 #[test]
 fn the_real_tools_accept_a_large_random_inventory() {
     if !validators_wanted() {
@@ -841,7 +911,25 @@ fn the_real_tools_accept_a_large_random_inventory() {
             )
         })
         .collect();
-    let state = random_inventory(&cipher, &seeds);
+    let odd = [
+        "plain",
+        "with: colon",
+        "\"quoted\" 100%",
+        "tab\there",
+        "yes",
+        "é ü",
+        "{{ x }}",
+    ];
+    let rule_seeds: Vec<(u8, u32, String)> = (0..300u32)
+        .map(|i| {
+            (
+                (i * 3 % 256) as u8,
+                i * 7919,
+                odd[i as usize % odd.len()].to_owned(),
+            )
+        })
+        .collect();
+    let state = with_random_rules(random_inventory(&cipher, &seeds), &rule_seeds);
     let dir = std::env::temp_dir().join(format!(
         "pmmcp-validate-big-{}",
         uuid::Uuid::new_v4().simple()
@@ -937,6 +1025,36 @@ fn a_killed_writer_leaves_the_old_file_or_the_new_one() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Rule files for random rules (any text in names and labels) render the same bytes
+    /// twice and read back as the rule: alert name, expression, labels and annotations.
+    #[test]
+    fn random_rules_render_the_same_bytes_and_read_back_as_the_rule(
+        seeds in proptest::collection::vec((any::<u8>(), any::<u32>(), "\\PC{1,24}"), 1..12)
+    ) {
+        let state = with_random_rules(State::default(), &seeds);
+        let a = files::vmalert::render(&state);
+        prop_assert_eq!(&a, &files::vmalert::render(&state.clone()));
+        prop_assert_eq!(a.len(), state.alert_rules.values().filter(|r| r.enabled).count());
+        for (id, text) in &a {
+            let rule = &state.alert_rules[&pmmcp::domain::RuleId::from(id.as_str())];
+            let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).expect("YAML");
+            let r = &doc["groups"][0]["rules"][0];
+            prop_assert_eq!(doc["groups"][0]["name"].as_str(), Some(rule.group.as_str()));
+            prop_assert_eq!(r["alert"].as_str(), Some(rule.name.as_str()));
+            prop_assert_eq!(r["expr"].as_str().map(str::to_owned), rule.expr().ok());
+            let labels: std::collections::BTreeMap<String, String> =
+                serde_yaml_ng::from_value(r["labels"].clone()).expect("labels");
+            prop_assert_eq!(Some(labels), rule.labels().ok());
+            let annotations: std::collections::BTreeMap<String, String> =
+                serde_yaml_ng::from_value(r["annotations"].clone()).expect("annotations");
+            prop_assert_eq!(Some(annotations), rule.annotations().ok());
+        }
+    }
 }
 
 proptest! {

@@ -151,6 +151,24 @@ async fn three_nodes_write_identical_files_and_a_rebuild_renders_them_again() {
         .dispatch(settings, pmmcp::commands::CommandMeta::new("t"))
         .await
         .expect("settings");
+    // Alert rules, sent through a follower: every node writes the same rule files.
+    for (i, template) in ["pmm_node_down", "pmm_node_high_cpu_load"]
+        .iter()
+        .enumerate()
+    {
+        let rule =
+            pmmcp::commands::Command::CreateAlertRule(pmmcp::commands::alerting::CreateRule {
+                template_name: (*template).to_owned(),
+                name: format!("rule {i}"),
+                group: "cluster".to_owned(),
+                ..Default::default()
+            });
+        nodes[2]
+            .dispatcher
+            .dispatch(rule, pmmcp::commands::CommandMeta::new("t"))
+            .await
+            .expect("rule");
+    }
     let pools: Vec<_> = nodes.iter().map(|n| &n.pool).collect();
     let (revision, _) = converged(&pools, 0).await;
     wait_until(
@@ -168,6 +186,14 @@ async fn three_nodes_write_identical_files_and_a_rebuild_renders_them_again() {
             .iter()
             .any(|(name, bytes)| name == "supervisord.d/victoriametrics.ini"
                 && String::from_utf8_lossy(bytes).contains("--retentionPeriod=10d"))
+    );
+    assert_eq!(
+        first
+            .iter()
+            .filter(|(name, _)| name.starts_with("vmalert/"))
+            .count(),
+        2,
+        "one file per rule"
     );
     for d in &dirs[1..] {
         assert_eq!(snapshot(d), first, "byte-identical files and manifests");

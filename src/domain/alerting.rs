@@ -223,10 +223,16 @@ impl AlertRule {
         Ok(expr)
     }
 
-    /// Custom labels, then the template's, then the labels every rule carries.
+    /// Custom labels, then the template's, then the labels every rule carries. vmalert (like
+    /// Prometheus) expands Go templates in label and annotation values: the template's are
+    /// meant as templates, the user's own text (custom labels, the rule's name) is kept
+    /// literal.
     pub fn labels(&self) -> Result<Labels, String> {
         let mut out = Labels::new();
-        for (k, v) in self.custom_labels.iter().chain(&self.template.labels) {
+        for (k, v) in &self.custom_labels {
+            out.insert(k.clone(), literal(v));
+        }
+        for (k, v) in &self.template.labels {
             out.insert(k.clone(), fill(v, &self.params)?);
         }
         out.insert("percona_alerting".to_owned(), "1".to_owned());
@@ -242,9 +248,14 @@ impl AlertRule {
         for (k, v) in &self.template.annotations {
             out.insert(k.clone(), fill(v, &self.params)?);
         }
-        out.insert("rule".to_owned(), self.name.clone());
+        out.insert("rule".to_owned(), literal(&self.name));
         Ok(out)
     }
+}
+
+/// `text` as a Go template that expands to itself: each `{{` becomes `{{"{{"}}`.
+pub fn literal(text: &str) -> String {
+    text.replace("{{", "{{\"{{\"}}")
 }
 
 /// A rule made from `template` with its defaults (or, without one, a value in its range): what
@@ -750,6 +761,12 @@ mod tests {
                 .unwrap_err()
                 .contains("unclosed")
         );
+    }
+
+    #[test]
+    fn literal_text_survives_go_templates() {
+        assert_eq!(literal("plain"), "plain");
+        assert_eq!(literal("a {{ b }} c"), "a {{\"{{\"}} b }} c");
     }
 
     #[test]
