@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "management/v1",
         "server/v1",
         "alerting/v1",
+        "agent/v1",
+        "google/rpc",
     ] {
         files.extend(protos_in(&Path::new("proto").join(dir))?);
     }
@@ -35,6 +37,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&public),
     )?;
     tonic_prost_build::configure()
+        // No `XClient::connect(addr)` constructors: agent.v1's RPC is itself named Connect.
+        // Clients are made with `XClient::new(channel)`.
+        .build_transport(false)
+        // Sorted maps in the agent protocol: a desired state encodes to the same bytes on
+        // every node.
+        .btree_map(".agent.v1")
         .type_attribute(".", "#[allow(clippy::all)]")
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")

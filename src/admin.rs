@@ -1045,6 +1045,8 @@ fn print_human(op: &AdminOp, out: &Value) {
                 s(&node["node_id"])
             );
             println!("pmm-agent id: {}", s(&out["pmm_agent"]["agent_id"]));
+            // Shown once: pmm-agent connects with it (`Authorization: Bearer`).
+            println!("pmm-agent token: {}", s(&out["token"]));
             if let Some(w) = out["warning"].as_str().filter(|w| !w.is_empty()) {
                 println!("warning: {w}");
             }

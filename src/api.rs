@@ -42,6 +42,8 @@ pub struct QueryApi {
     pub pool: PgPool,
     pub dispatcher: Dispatcher,
     pub internal: Internal,
+    /// This node's pmm-agent streams, if it serves them.
+    pub agents: Option<crate::agents::AgentServer>,
 }
 
 /// One chain verify at a time: it reads the whole log.
@@ -65,6 +67,8 @@ pub fn router(api: QueryApi) -> Router {
         .route("/v1/query/alerting/templates", get(list_alert_templates))
         .route("/v1/query/alerting/rules", get(list_alert_rules))
         .route("/v1/query/alerting/rules/{id}", get(get_alert_rule))
+        .route("/v1/query/pmm-agents", get(list_pmm_agents))
+        .route("/v1/query/pmm-agents/{id}", get(get_pmm_agent))
         .route_layer(middleware::from_fn_with_state((api.clone(), VIEW), require));
     let history = Router::new()
         .route("/v1/query/events", get(events))
@@ -729,6 +733,64 @@ async fn get_alert_rule(
         state.revision,
         json!({ "rule": crate::grpc::alerting::rule_view(rule) }),
     ))
+}
+
+/// A pmm-agent as the query API shows it: whether it is connected (the cluster's view),
+/// its stream on this node if any (last seen, desired and applied revision, round trip, clock
+/// drift), and the status and listen port of every agent it runs.
+fn pmm_agent_view(api: &QueryApi, state: &crate::domain::State, a: &crate::domain::Agent) -> Value {
+    let children: Vec<Value> = state
+        .children_of(&a.agent_id)
+        .iter()
+        .filter_map(|id| state.agents.get(id))
+        .map(|c| {
+            json!({
+                "agent_id": c.agent_id,
+                "agent_type": c.agent_type,
+                "disabled": c.disabled,
+                "status": c.status.as_str(),
+                "listen_port": c.listen_port,
+            })
+        })
+        .collect();
+    let stream = api.agents.as_ref().and_then(|s| s.stream(&a.agent_id));
+    json!({
+        "agent_id": a.agent_id,
+        "runs_on_node_id": a.runs_on_node_id,
+        "connected": a.connected,
+        "version": a.version,
+        "stream": stream,
+        "agents": children,
+    })
+}
+
+async fn list_pmm_agents(
+    State(api): State<QueryApi>,
+    q: Params<Consistency>,
+) -> Result<Response, ApiError> {
+    let state = api.state_as_asked(q).await?;
+    let list: Vec<Value> = state
+        .agents
+        .values()
+        .filter(|a| a.agent_type == crate::domain::AgentType::PmmAgent)
+        .map(|a| pmm_agent_view(&api, &state, a))
+        .collect();
+    Ok(at_revision(state.revision, json!({ "pmm_agents": list })))
+}
+
+async fn get_pmm_agent(
+    State(api): State<QueryApi>,
+    Path(id): Path<String>,
+    q: Params<Consistency>,
+) -> Result<Response, ApiError> {
+    let state = api.state_as_asked(q).await?;
+    let a = state
+        .agents
+        .get(&crate::domain::AgentId::from(id.as_str()))
+        .filter(|a| a.agent_type == crate::domain::AgentType::PmmAgent)
+        .ok_or_else(|| ApiError::not_found(format!("pmm-agent {id:?} not found")))?;
+    let view = pmm_agent_view(&api, &state, a);
+    Ok(at_revision(state.revision, json!({ "pmm_agent": view })))
 }
 
 async fn list_tokens(State(api): State<QueryApi>) -> Result<Response, ApiError> {

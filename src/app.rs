@@ -231,10 +231,13 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding the query API address {}", args.api_addr))?;
     let api_addr = api_listener.local_addr()?;
+    // pmm-agent streams, on the public port.
+    let agents = crate::agents::AgentServer::new(dispatcher.clone(), Arc::new(cipher.clone()));
     let query = crate::api::QueryApi {
         pool: database.pool.clone(),
         dispatcher: dispatcher.clone(),
         internal: internal.clone(),
+        agents: Some(agents.clone()),
     };
     // One port for everything public: gRPC (HTTP/2) and REST (HTTP/1.1 or 2).
     crate::files::check_vm_url(&args.files.vm_url).map_err(|e| anyhow::anyhow!("--vm-url: {e}"))?;
@@ -250,6 +253,7 @@ pub async fn serve(
         Arc::new(cipher.clone()),
     );
     public.files = render_options.clone();
+    public.agents = Some(agents);
     public.rule_checker = crate::files::vmalert::RuleChecker::new(&args.files.vmalert_binary);
     match public.rule_checker.binary() {
         Some(b) => info!(vmalert = %b.display(), "alert rules are checked with vmalert -dryRun"),
@@ -371,6 +375,7 @@ async fn try_admin_token(
         format!("admin-{}", state.revision)
     };
     let create = Command::CreateToken(crate::commands::tokens::CreateToken {
+        agent_id: None,
         name,
         role: Role::Admin,
         hash: token_hash(&secret),

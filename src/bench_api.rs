@@ -139,6 +139,7 @@ pub async fn run(args: BenchApiArgs) -> anyhow::Result<()> {
         let id = fill(&dispatcher, n).await?;
         let token = crate::domain::token::new_token_secret();
         let viewer = Command::CreateToken(crate::commands::tokens::CreateToken {
+            agent_id: None,
             name: "bench".to_owned(),
             role: crate::domain::Role::Viewer,
             hash: crate::domain::token::token_hash(&token),
@@ -157,6 +158,7 @@ pub async fn run(args: BenchApiArgs) -> anyhow::Result<()> {
             pool: pool.clone(),
             dispatcher: dispatcher.clone(),
             internal,
+            agents: None,
         };
         let app =
             crate::grpc::router(public, query)?.merge(crate::app::debug_router(dispatcher.clone()));

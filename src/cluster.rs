@@ -176,6 +176,7 @@ pub async fn token(args: TokenCliArgs) -> anyhow::Result<()> {
             let role = Role::parse(role).context("role")?;
             let secret = new_token_secret();
             let create = CreateToken {
+                agent_id: None,
                 name: name.clone(),
                 role,
                 hash: token_hash(&secret),

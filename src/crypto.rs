@@ -32,6 +32,8 @@ pub struct Cipher {
     aead: Arc<Aes256Gcm>,
     /// The internal service's credential, derived from the key (not the key itself).
     internal_auth: Arc<str>,
+    /// The key agent tokens are derived with (itself derived from the cluster key).
+    agent_token_key: Arc<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Cipher {
@@ -47,10 +49,30 @@ impl Cipher {
         let mut h = Sha256::new();
         h.update(b"pmm-cp internal service v1\0");
         h.update(key);
+        let mut t = Sha256::new();
+        t.update(b"pmm-cp agent tokens v1\0");
+        t.update(key);
         Self {
             aead: Arc::new(Aes256Gcm::new(key.into())),
             internal_auth: Arc::from(hex::encode(h.finalize())),
+            agent_token_key: Arc::new(t.finalize().into()),
         }
+    }
+
+    /// A pmm-agent's token for the RegisterNode call with this command id: HMAC-SHA256 of the
+    /// id under a key derived from the cluster key. Every node makes the same token for the
+    /// same call, so a resend with the same command id answers the token that was recorded.
+    pub fn agent_token_secret(&self, command_id: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.agent_token_key[..])
+            .expect("HMAC takes a key of any length");
+        mac.update(b"pmm-agent token\0");
+        mac.update(command_id.as_bytes());
+        let bytes = mac.finalize().into_bytes();
+        format!(
+            "pmmcp_agent_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        )
     }
 
     /// What nodes of this cluster (and its CLI) present to each other's internal service: a

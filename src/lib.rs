@@ -14,10 +14,13 @@
 //! - [`raft`]: openraft over PostgreSQL, the gRPC network between nodes, cluster operations;
 //!   [`cluster`] is the `pmm-cp cluster` command.
 //! - [`api`]: the query API (REST).
+//! - [`grpc`]: PMM's public API (gRPC and its REST gateway); [`files`]: the generated files;
+//!   [`agents`]: the pmm-agent streams and their simulator.
 //! - [`bench`], [`bench_cluster`] and [`bench_api`]: the benchmarks behind `pmm-cp bench`,
 //!   `pmm-cp bench-cluster` and `pmm-cp bench-api`.
 
 pub mod admin;
+pub mod agents;
 pub mod api;
 pub mod app;
 pub mod bench;

@@ -17,19 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use support::cluster::TestNode;
 use support::*;
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
 
 const DEADLINE: Duration = Duration::from_secs(15);
-
-fn authed<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    r
-}
 
 async fn rest(method: &str, url: &str, token: &str, body: Option<Value>) -> (u16, Value) {
     let mut r = reqwest::Client::new()
@@ -144,14 +135,6 @@ impl Setup {
     async fn head(&self) -> (i64, Vec<u8>) {
         support::cluster::head(&self.node.pool).await
     }
-}
-
-fn revision<T>(r: &tonic::Response<T>) -> i64 {
-    r.metadata()
-        .get("x-pmm-revision")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("x-pmm-revision")
 }
 
 const USER_TEMPLATE: &str = r#"---
@@ -553,7 +536,7 @@ async fn rules_become_vmalert_files_that_follow_every_change() {
         .create_rule(authed(cpu.clone(), &s.admin))
         .await
         .expect("created");
-    let at = revision(&resp);
+    let at = revision_of(&resp);
     let cpu_id = resp.into_inner().rule_id;
     assert!(!cpu_id.is_empty());
     let err = s
@@ -714,7 +697,7 @@ async fn rules_become_vmalert_files_that_follow_every_change() {
     })
     .await
     .expect("disabled");
-    s.files_at(revision(&off)).await;
+    s.files_at(revision_of(&off)).await;
     assert_eq!(rule_files(&s.dir), vec![format!("{lag_id}.yml")]);
     assert!(!off.into_inner().rule.expect("rule").enabled);
     let on = change(al::ChangeRuleRequest {
@@ -727,7 +710,7 @@ async fn rules_become_vmalert_files_that_follow_every_change() {
     })
     .await
     .expect("enabled");
-    s.files_at(revision(&on)).await;
+    s.files_at(revision_of(&on)).await;
     let text = std::fs::read_to_string(s.dir.join(format!("vmalert/{cpu_id}.yml"))).expect("file");
     assert!(text.contains("> 75,") || text.contains("> 75\""), "{text}");
     let err = change(al::ChangeRuleRequest {

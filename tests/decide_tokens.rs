@@ -13,6 +13,7 @@ fn ctx() -> Ctx {
 
 fn create(name: &str, secret: &str) -> Command {
     Command::CreateToken(CreateToken {
+        agent_id: None,
         name: name.to_owned(),
         role: Role::Viewer,
         hash: token_hash(secret),
@@ -46,6 +47,7 @@ fn create_token_records_the_hash_and_role_never_a_secret() {
 #[test]
 fn create_token_refuses_a_bad_hash_an_empty_name_and_a_taken_name() {
     let bad_hash = Command::CreateToken(CreateToken {
+        agent_id: None,
         name: "ui".to_owned(),
         role: Role::Admin,
         hash: "not-a-hash".to_owned(),

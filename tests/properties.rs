@@ -303,6 +303,7 @@ fn command(state: &State, op: &Op) -> Option<Command> {
             ..ChangeSettings::default()
         }),
         Op::CreateToken { name, role } => Command::CreateToken(CreateToken {
+            agent_id: None,
             name: format!("token-{name}"),
             role: Role::ALL[*role as usize % Role::ALL.len()],
             hash: pmmcp::domain::token::token_hash(&format!("secret-{name}")),

@@ -42,16 +42,6 @@ async fn connect(node: TestNode) -> Server {
     }
 }
 
-/// A gRPC request with a bearer token.
-fn authed<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    r
-}
-
 /// A REST call: status and JSON body.
 async fn rest(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
     let client = reqwest::Client::new();

@@ -21,6 +21,7 @@ async fn serve_api(node: &TestNode) -> String {
         pool: node.pool.clone(),
         dispatcher: node.dispatcher.clone(),
         internal,
+        agents: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -10,6 +10,7 @@
 //! - `remove_service.rs`: management RemoveService by id or name
 //! - `settings.rs`: ChangeSettings, with PMM's ranges and environment pins
 //! - `alerting.rs`: alert rule templates and the alert rules made from them
+//! - `agent_reports.rs`: what pmm-agents report over their streams (connections, states)
 //! - `bootstrap.rs`: the PMM Server's own node, pmm-agent and node_exporter
 //! - `dispatcher.rs`: the single entry point, `dispatch`, with group commit
 //!
@@ -17,6 +18,7 @@
 //! [`Ctx`], chosen by the dispatcher (the leader) before it decides.
 
 pub mod add_service;
+pub mod agent_reports;
 pub mod agents;
 pub mod alerting;
 pub mod bootstrap;
@@ -64,6 +66,7 @@ pub enum Command {
     CreateAlertRule(alerting::CreateRule),
     ChangeAlertRule(alerting::ChangeRule),
     DeleteAlertRule(alerting::DeleteRule),
+    ReportAgents(agent_reports::ReportAgents),
 }
 
 impl Command {
@@ -93,6 +96,7 @@ impl Command {
             Command::CreateAlertRule(_) => "CreateAlertRule",
             Command::ChangeAlertRule(_) => "ChangeAlertRule",
             Command::DeleteAlertRule(_) => "DeleteAlertRule",
+            Command::ReportAgents(_) => "ReportAgents",
         }
     }
 }
@@ -228,6 +232,7 @@ pub fn decide_and_evolve(
         Command::CreateAlertRule(c) => c.decide(&mut d).map(drop),
         Command::ChangeAlertRule(c) => c.decide(&mut d),
         Command::DeleteAlertRule(c) => c.decide(&mut d),
+        Command::ReportAgents(c) => c.decide(&mut d),
     }?;
     Ok((d.events, d.state))
 }

@@ -5,9 +5,10 @@
 use super::add_service::MetricsMode;
 use super::agents::{AddAgent, CreateOpts, create_agent};
 use super::nodes::{AddNode, create_node, remove_node};
+use super::tokens::CreateToken;
 use super::{Decision, Rejection, non_empty};
 use crate::domain::labels::Labels;
-use crate::domain::{AgentType, NodeId, NodeType, Sealed};
+use crate::domain::{AgentId, AgentType, NodeId, NodeType, Role, Sealed};
 
 /// RegisterNode's request.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -29,6 +30,10 @@ pub struct RegisterNode {
     pub agent_password: Option<Sealed>,
     pub expose_exporter: bool,
     pub instance_id: String,
+    /// The SHA-256 (lowercase hex) of the pmm-agent's token, made by the API edge and answered
+    /// to the caller once; recorded as a token of role `agent` bound to the new pmm-agent.
+    #[serde(default)]
+    pub agent_token_hash: Option<String>,
 }
 
 impl RegisterNode {
@@ -90,7 +95,7 @@ impl RegisterNode {
         pmm_agent.runs_on_node_id = Some(node_id);
         let pmm_agent_id = create_agent(d, &pmm_agent, CreateOpts::INVENTORY)?;
         let mut exporter = AddAgent::new(AgentType::NodeExporter);
-        exporter.pmm_agent_id = Some(pmm_agent_id);
+        exporter.pmm_agent_id = Some(pmm_agent_id.clone());
         exporter.push_metrics = self.metrics_mode.is_push();
         exporter.expose_exporter = self.expose_exporter;
         exporter.disable_collectors = self.disable_collectors.clone();
@@ -101,6 +106,21 @@ impl RegisterNode {
             ..CreateOpts::INVENTORY
         };
         create_agent(d, &exporter, opts)?;
+        if let Some(hash) = &self.agent_token_hash {
+            issue_agent_token(d, &pmm_agent_id, hash)?;
+        }
         Ok(())
     }
+}
+
+/// Records a pmm-agent's token (its hash) bound to that pmm-agent.
+fn issue_agent_token(d: &mut Decision<'_>, agent: &AgentId, hash: &str) -> Result<(), Rejection> {
+    CreateToken {
+        name: format!("pmm-agent/{agent}"),
+        role: Role::Agent,
+        hash: hash.to_owned(),
+        agent_id: Some(agent.clone()),
+    }
+    .decide(d)
+    .map(drop)
 }

@@ -3,7 +3,7 @@
 
 use super::{Decision, Rejection};
 use crate::domain::limits::{MAX_NAME_LEN, required};
-use crate::domain::{ApiToken, Role, TokenId};
+use crate::domain::{AgentId, AgentType, ApiToken, Role, TokenId};
 use crate::events::Event;
 
 /// Records a new token.
@@ -14,6 +14,9 @@ pub struct CreateToken {
     pub role: Role,
     /// Lowercase hex SHA-256 of the secret (see `domain::token::token_hash`).
     pub hash: String,
+    /// Binds an `agent` token to this pmm-agent (which must exist).
+    #[serde(default)]
+    pub agent_id: Option<AgentId>,
 }
 
 impl CreateToken {
@@ -28,6 +31,18 @@ impl CreateToken {
             return Err(Rejection::invalid(
                 "hash: expected the lowercase hex SHA-256 of the token.",
             ));
+        }
+        if let Some(id) = &self.agent_id {
+            let is_pmm_agent = d
+                .state()
+                .agents
+                .get(id)
+                .is_some_and(|a| a.agent_type == AgentType::PmmAgent);
+            if !is_pmm_agent || self.role != Role::Agent {
+                return Err(Rejection::invalid(format!(
+                    "agent_id: {id:?} is not a pmm-agent, or the token's role is not agent."
+                )));
+            }
         }
         if d.state().token_by_name(&self.name).is_some() {
             return Err(Rejection::already_exists(format!(
@@ -49,6 +64,7 @@ impl CreateToken {
                 role: self.role,
                 hash: self.hash.clone(),
                 created_at: d.now(),
+                agent_id: self.agent_id.clone(),
             },
         });
         Ok(token_id)

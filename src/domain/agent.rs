@@ -472,6 +472,10 @@ pub struct Agent {
     /// Live connection state of a pmm-agent (an observation).
     #[serde(default, skip_serializing_if = "is_default")]
     pub connected: bool,
+    /// The stream a connected pmm-agent is on (a server-chosen id): a disconnect from an
+    /// older stream, arriving late from another node, does not undo a newer connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -530,6 +534,7 @@ impl Agent {
             disabled: false,
             status,
             connected: false,
+            session: None,
             listen_port: None,
             version: None,
             process_exec_path: None,

@@ -1,7 +1,7 @@
 //! API tokens: who may call which API. A token is a secret handed to its holder once; the log
 //! and the state keep only its SHA-256 hash, so neither can be used to call the API.
 
-use super::ids::{Timestamp, TokenId};
+use super::ids::{AgentId, Timestamp, TokenId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -45,6 +45,10 @@ pub struct ApiToken {
     /// Lowercase hex SHA-256 of the secret.
     pub hash: String,
     pub created_at: Timestamp,
+    /// For a pmm-agent's token (role `agent`): the pmm-agent it belongs to; it authenticates
+    /// that agent's stream and nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<AgentId>,
 }
 
 /// The hash a token is known by: lowercase hex SHA-256 of the secret.

@@ -149,7 +149,7 @@ pub fn render_server_cached(
         state,
         cipher,
         res,
-        |a| !a.exporter.push_metrics,
+        state.agents.values().filter(|a| !a.exporter.push_metrics),
         None,
         opts.redact_secrets,
         cache,
@@ -179,11 +179,18 @@ pub fn render_push_cached(
     cache: &mut JobCache,
 ) -> String {
     let res = global_resolutions(state);
+    // Only this pmm-agent's children are looked at: rendering every pmm-agent's file stays
+    // linear in the inventory.
+    let children: Vec<Arc<Agent>> = state
+        .children_of(pmm_agent)
+        .iter()
+        .filter_map(|id| state.agents.get(id).cloned())
+        .collect();
     let agents = agent_jobs(
         state,
         cipher,
         res,
-        |a| a.exporter.push_metrics && a.pmm_agent_id.as_ref() == Some(pmm_agent),
+        children.iter().filter(|a| a.exporter.push_metrics),
         Some("127.0.0.1"),
         opts.redact_secrets,
         cache,
@@ -506,7 +513,7 @@ fn internal_jobs(state: &State, opts: &RenderOptions, res: Resolutions) -> Vec<J
 }
 
 /// A parsed `major.minor.patch` version, for PMM's feature gates.
-fn version(v: Option<&str>) -> Option<(u32, u32, u32)> {
+pub(crate) fn version(v: Option<&str>) -> Option<(u32, u32, u32)> {
     let v = v?.trim().trim_start_matches('v');
     let core = v.split(['-', '+']).next()?;
     let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
@@ -517,20 +524,19 @@ fn version(v: Option<&str>) -> Option<(u32, u32, u32)> {
     ))
 }
 
-/// The jobs of every agent `keep` selects, in (type, id) order, RDS exporters last.
-fn agent_jobs(
+/// The jobs of the `candidates` that are enabled and have a port, in (type, id) order, RDS
+/// exporters last.
+fn agent_jobs<'a>(
     state: &State,
     cipher: &Cipher,
     global: Resolutions,
-    keep: impl Fn(&Agent) -> bool,
+    candidates: impl Iterator<Item = &'a Arc<Agent>>,
     host_override: Option<&str>,
     redact: bool,
     cache: &mut JobCache,
 ) -> AgentJobs {
-    let mut agents: Vec<&Arc<Agent>> = state
-        .agents
-        .values()
-        .filter(|a| !a.disabled && a.listen_port.is_some() && keep(a))
+    let mut agents: Vec<&Arc<Agent>> = candidates
+        .filter(|a| !a.disabled && a.listen_port.is_some())
         .collect();
     agents.sort_by(|a, b| {
         (a.agent_type.as_str(), &a.agent_id).cmp(&(b.agent_type.as_str(), &b.agent_id))
@@ -797,7 +803,7 @@ fn at(a: &Agent, base: &Job, res: Res, r: Resolutions, collectors: &[&'static st
 }
 
 /// PMM: table stats are collected when the limit is 0, or positive and not exceeded.
-fn tablestats_enabled(a: &Agent) -> bool {
+pub(crate) fn tablestats_enabled(a: &Agent) -> bool {
     let limit = a.mysql.tablestats_group_table_limit;
     match limit {
         0 => true,

@@ -309,17 +309,19 @@ pub async fn remove_agent(api: &Api, c: &Caller, body: Value) -> R {
 // ---- management.v1.ManagementService ----
 
 pub async fn register_node(api: &Api, c: &Caller, body: Value) -> R {
-    let done = api
-        .run(c, req::register_node(P::new(&body, &api.cipher)))
-        .await?;
+    let meta = api.meta(c)?;
+    // The pmm-agent's token: made here, answered once, recorded only as its hash.
+    let token = api.cipher.agent_token_secret(&meta.command_id);
+    let mut cmd = req::register_node(P::new(&body, &api.cipher));
+    if let Command::RegisterNode(r) = &mut cmd {
+        r.agent_token_hash = Some(crate::domain::token::token_hash(&token));
+    }
+    let done = api.run_as(meta, cmd).await?;
     let mut out = views::assemble(
         "management.v1.RegisterNodeResponse",
         &views_of(&done.events),
     );
-    // Agent tokens come with the agent streams; until then pmm-agent needs a token made with
-    // `pmm-cp token create --role agent`.
-    out["warning"] =
-        json!("no agent token was issued: create one with `pmm-cp token create --role agent`");
+    out["token"] = json!(token);
     Ok(done.reply(out))
 }
 

@@ -56,6 +56,8 @@ pub struct Api {
     pub files: crate::files::RenderOptions,
     /// vmalert's check of alert rules before their commands are sent.
     pub rule_checker: crate::files::vmalert::RuleChecker,
+    /// The pmm-agent streams served on this port (none: not served).
+    pub agents: Option<crate::agents::AgentServer>,
 }
 
 /// Who calls: the token that authenticated the call, and the headers it came with.
@@ -149,6 +151,7 @@ impl Api {
             cipher,
             files: crate::files::RenderOptions::default(),
             rule_checker: crate::files::vmalert::RuleChecker::new("vmalert"),
+            agents: None,
         }
     }
 
@@ -180,6 +183,13 @@ impl Api {
     }
 
     async fn send(&self, caller: &Caller, cmd: Command, with_events: bool) -> Result<Done, Status> {
+        let meta = self.meta(caller)?;
+        self.send_as(meta, cmd, with_events).await
+    }
+
+    /// The command meta of a call: its actor (the token's name) and its command id (the
+    /// `x-pmm-command-id` header, else a new one).
+    pub fn meta(&self, caller: &Caller) -> Result<CommandMeta, Status> {
         let actor = caller
             .token
             .as_ref()
@@ -194,6 +204,20 @@ impl Api {
             }
             None => CommandMeta::new(actor),
         };
+        Ok(meta)
+    }
+
+    /// [`Api::run`] with a meta from [`Api::meta`] (a handler that needs the command id first).
+    pub async fn run_as(&self, meta: CommandMeta, cmd: Command) -> Result<Done, Status> {
+        self.send_as(meta, cmd, true).await
+    }
+
+    async fn send_as(
+        &self,
+        meta: CommandMeta,
+        cmd: Command,
+        with_events: bool,
+    ) -> Result<Done, Status> {
         let applied = self.dispatcher.dispatch(cmd, meta).await.map_err(status)?;
         let state = match applied.positions {
             Some(_) => {
@@ -612,6 +636,9 @@ pub fn grpc_routes(api: Api) -> anyhow::Result<tonic::service::Routes> {
         ServerService,
         "server.v1.ServerService"
     );
+    if let Some(agents) = api.agents.clone() {
+        routes = routes.add_service(agents.service());
+    }
     Ok(routes
         .add_service(reflection)
         .add_service(reflection_alpha)

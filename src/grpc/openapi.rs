@@ -275,9 +275,17 @@ fn query_api_paths(paths: &mut Map<String, Value>) {
         }
         entry
     };
-    for item in ["alerting/templates", "alerting/rules"] {
+    for item in ["alerting/templates", "alerting/rules", "pmm-agents"] {
         paths.insert(format!("/v1/query/{item}"), unpaged(item));
     }
+    let mut pmm_agent = unpaged("pmm-agents/{id}");
+    if let Some(p) = pmm_agent["get"]["parameters"].as_array_mut() {
+        p.insert(
+            0,
+            json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}),
+        );
+    }
+    paths.insert("/v1/query/pmm-agents/{id}".into(), pmm_agent);
     let mut rule = unpaged("alerting/rules/{id}");
     if let Some(p) = rule["get"]["parameters"].as_array_mut() {
         p.insert(

@@ -28,6 +28,18 @@ pub mod alerting {
     }
 }
 
+pub mod agent {
+    pub mod v1 {
+        tonic::include_proto!("agent.v1");
+    }
+}
+
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
 pub mod server {
     pub mod v1 {
         tonic::include_proto!("server.v1");

@@ -572,6 +572,7 @@ pub fn register_node(p: P<'_>) -> Command {
         agent_password: p.secret("agent_password"),
         expose_exporter: p.b("expose_exporter"),
         instance_id: p.s("instance_id"),
+        agent_token_hash: None,
     })
 }
 

@@ -147,6 +147,7 @@ impl TestNode {
         use pmmcp::domain::token::{new_token_secret, token_hash};
         let secret = new_token_secret();
         let create = pmmcp::commands::tokens::CreateToken {
+            agent_id: None,
             name: name.to_owned(),
             role,
             hash: token_hash(&secret),
@@ -169,15 +170,15 @@ impl TestNode {
     /// Serves this node's public API (gRPC, REST and the query API, on one loopback port);
     /// returns its address.
     pub async fn serve_public(&self) -> SocketAddr {
-        let api = pmmcp::grpc::Api::new(
-            self.dispatcher.clone(),
-            self.pool.clone(),
-            Arc::new(pmmcp::crypto::Cipher::random()),
-        );
+        let cipher = Arc::new(pmmcp::crypto::Cipher::random());
+        let agents = pmmcp::agents::AgentServer::new(self.dispatcher.clone(), cipher.clone());
+        let mut api = pmmcp::grpc::Api::new(self.dispatcher.clone(), self.pool.clone(), cipher);
+        api.agents = Some(agents.clone());
         let query = pmmcp::api::QueryApi {
             pool: self.pool.clone(),
             dispatcher: self.dispatcher.clone(),
             internal: Internal::new(self.dispatcher.clone(), self.pool.clone()),
+            agents: Some(agents),
         };
         let app = pmmcp::grpc::router(api, query).expect("the public router builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -136,3 +136,22 @@ pub async fn count_events(pool: &PgPool) -> i64 {
         .await
         .expect("count")
 }
+
+/// A gRPC request with a bearer token.
+pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    r
+}
+
+/// The `x-pmm-revision` of an answer.
+pub fn revision_of<T>(r: &tonic::Response<T>) -> i64 {
+    r.metadata()
+        .get("x-pmm-revision")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("x-pmm-revision")
+}

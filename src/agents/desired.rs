@@ -1,0 +1,728 @@
+//! A pmm-agent's desired state (PMM's SetStateRequest): one AgentProcess per enabled exporter
+//! it runs and one BuiltinAgent per enabled QAN agent, rendered from the state alone, so the
+//! same state gives the same message on every node and a message compares equal exactly when
+//! nothing the agent runs changed (pmm-agent restarts a process whose message differs).
+//!
+//! Secrets are opened with the cluster key here, and only here; each process lists them as
+//! redact words so pmm-agent keeps them out of its logs.
+
+use crate::crypto::Cipher;
+use crate::domain::agent::{Agent, LogLevel};
+use crate::domain::{AgentId, AgentType, Service, State};
+use crate::files::scrape::{tablestats_enabled, version};
+use crate::grpc::pb::agent::v1::set_state_request::{AgentProcess, BuiltinAgent};
+use crate::grpc::pb::agent::v1::{SetStateRequest, TextFiles};
+use crate::grpc::pb::inventory::v1::AgentType as PbAgentType;
+use std::collections::BTreeMap;
+
+/// Where pmm-agent keeps its collectors' files (`paths_base` for agents before 2.23).
+const LEGACY_PATHS_BASE: &str = "/usr/local/percona/pmm";
+
+/// The desired state of `pmm_agent` (without its revision).
+pub fn render(state: &State, cipher: &Cipher, pmm_agent: &AgentId) -> SetStateRequest {
+    let agent_version = state
+        .agents
+        .get(pmm_agent)
+        .and_then(|a| version(a.version.as_deref()));
+    let mut out = SetStateRequest::default();
+    for id in state.children_of(pmm_agent) {
+        let Some(a) = state.agents.get(&id) else {
+            continue;
+        };
+        if a.disabled {
+            continue;
+        }
+        let service = a.service_id.as_ref().and_then(|s| state.services.get(s));
+        let ctx = Ctx {
+            a,
+            service: service.map(|s| &**s),
+            cipher,
+            version: agent_version.unwrap_or((3, 0, 0)),
+        };
+        if a.agent_type.is_qan() {
+            if let Some(b) = ctx.builtin() {
+                out.builtin_agents.insert(id.to_string(), b);
+            }
+        } else if let Some(p) = ctx.process() {
+            out.agent_processes.insert(id.to_string(), p);
+        }
+    }
+    // Every pmm-agent but the server's own runs a vmagent that pushes its push exporters.
+    if !pmm_agent.is_pmm_server() {
+        out.agent_processes
+            .insert(vmagent_key(pmm_agent), vmagent(state, cipher, pmm_agent));
+    }
+    out
+}
+
+/// The key of a pmm-agent's vmagent process.
+pub fn vmagent_key(pmm_agent: &AgentId) -> String {
+    format!("vmagent-{pmm_agent}")
+}
+
+/// vmagent: scrapes the push exporters (its text file is their scrape configuration) and
+/// writes to the server.
+fn vmagent(state: &State, cipher: &Cipher, pmm_agent: &AgentId) -> AgentProcess {
+    let config = crate::files::scrape::render_push(
+        state,
+        cipher,
+        pmm_agent,
+        &crate::files::RenderOptions::default(),
+    );
+    let mut args = vec![
+        "-envflag.enable=true".to_owned(),
+        "-envflag.prefix=VMAGENT_".to_owned(),
+        "-httpListenAddr=127.0.0.1:{{.listen_port}}".to_owned(),
+        "-promscrape.config={{.TextFiles.vmagentscrapecfg}}".to_owned(),
+        "-remoteWrite.tmpDataPath={{.tmp_dir}}/vmagent-temp-dir".to_owned(),
+    ];
+    args.sort();
+    let env = [
+        "VMAGENT_loggerLevel=INFO",
+        "VMAGENT_promscrape_maxScrapeSize=64MiB",
+        "VMAGENT_remoteWrite_basicAuth_password={{.server_password}}",
+        "VMAGENT_remoteWrite_basicAuth_username={{.server_username}}",
+        "VMAGENT_remoteWrite_maxDiskUsagePerURL=1073741824",
+        "VMAGENT_remoteWrite_tlsInsecureSkipVerify={{.server_insecure}}",
+        "VMAGENT_remoteWrite_url={{.server_url}}/victoriametrics/api/v1/write",
+    ];
+    AgentProcess {
+        r#type: pb_type(AgentType::VmAgent),
+        template_left_delim: "{{".to_owned(),
+        template_right_delim: "}}".to_owned(),
+        args,
+        env: env.iter().map(|s| (*s).to_owned()).collect(),
+        text_files: [("vmagentscrapecfg".to_owned(), config)]
+            .into_iter()
+            .collect(),
+        redact_words: Vec::new(),
+    }
+}
+
+struct Ctx<'a> {
+    a: &'a Agent,
+    service: Option<&'a Service>,
+    cipher: &'a Cipher,
+    version: (u32, u32, u32),
+}
+
+fn pb_type(t: AgentType) -> i32 {
+    use AgentType::*;
+    let t = match t {
+        NodeExporter => PbAgentType::NodeExporter,
+        MysqldExporter => PbAgentType::MysqldExporter,
+        MongodbExporter => PbAgentType::MongodbExporter,
+        PostgresExporter => PbAgentType::PostgresExporter,
+        ProxysqlExporter => PbAgentType::ProxysqlExporter,
+        ValkeyExporter => PbAgentType::ValkeyExporter,
+        QanMysqlPerfschemaAgent => PbAgentType::QanMysqlPerfschemaAgent,
+        QanMysqlSlowlogAgent => PbAgentType::QanMysqlSlowlogAgent,
+        QanMongodbProfilerAgent => PbAgentType::QanMongodbProfilerAgent,
+        QanMongodbMongologAgent => PbAgentType::QanMongodbMongologAgent,
+        QanPostgresqlPgstatementsAgent => PbAgentType::QanPostgresqlPgstatementsAgent,
+        QanPostgresqlPgstatmonitorAgent => PbAgentType::QanPostgresqlPgstatmonitorAgent,
+        RdsExporter => PbAgentType::RdsExporter,
+        AzureDatabaseExporter => PbAgentType::AzureDatabaseExporter,
+        ExternalExporter => PbAgentType::ExternalExporter,
+        VmAgent => PbAgentType::VmAgent,
+        NomadAgent => PbAgentType::NomadAgent,
+        RtaMongodbAgent => PbAgentType::Unspecified,
+        PmmAgent => PbAgentType::PmmAgent,
+    };
+    t as i32
+}
+
+/// The first delimiter pair whose tokens appear in none of `inputs` (PMM's choice order).
+fn delimiters(inputs: &[&str]) -> (&'static str, &'static str) {
+    const PAIRS: [(&str, &str); 5] = [
+        ("{{", "}}"),
+        ("[[", "]]"),
+        ("((", "))"),
+        ("<<", ">>"),
+        ("<%", "%>"),
+    ];
+    PAIRS
+        .into_iter()
+        .find(|(l, r)| !inputs.iter().any(|i| i.contains(l) || i.contains(r)))
+        .unwrap_or(PAIRS[0])
+}
+
+impl Ctx<'_> {
+    fn open(&self, s: &Option<crate::domain::Sealed>) -> Option<String> {
+        s.as_ref().and_then(|s| self.cipher.open(s).ok())
+    }
+
+    fn at_least(&self, v: (u32, u32, u32)) -> bool {
+        self.version >= v
+    }
+
+    fn password(&self) -> Option<String> {
+        self.open(&self.a.password)
+    }
+
+    /// The exporter's basic-auth password: its agent password, else its id.
+    fn http_password(&self) -> String {
+        self.open(&self.a.agent_password)
+            .unwrap_or_else(|| self.a.agent_id.to_string())
+    }
+
+    fn host_port(&self) -> (String, u16) {
+        let s = self.service;
+        (
+            s.and_then(|s| s.address.clone()).unwrap_or_default(),
+            s.and_then(|s| s.port).unwrap_or(0),
+        )
+    }
+
+    fn redact_words(&self) -> Vec<String> {
+        let mut w: Vec<String> = [
+            self.password(),
+            self.open(&self.a.agent_password),
+            self.open(&self.a.mysql.tls_key),
+            self.open(&self.a.postgresql.ssl_key),
+            self.open(&self.a.mongo.tls_certificate_key),
+            self.open(&self.a.mongo.tls_certificate_key_file_password),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect();
+        w.sort();
+        w.dedup();
+        w
+    }
+
+    fn delims(&self) -> (&'static str, &'static str) {
+        let (host, _) = self.host_port();
+        let pw = self.password().unwrap_or_default();
+        let user = self.a.username.clone().unwrap_or_default();
+        let path = self.a.exporter.metrics_path.clone().unwrap_or_default();
+        delimiters(&[&host, &user, &pw, &path])
+    }
+
+    fn listen_address(&self) -> &'static str {
+        if !self.a.exporter.expose_exporter && self.a.exporter.push_metrics {
+            "127.0.0.1"
+        } else {
+            "0.0.0.0"
+        }
+    }
+
+    fn paths_base(&self, (l, r): (&str, &str)) -> String {
+        if self.at_least((2, 22, 99)) {
+            format!("{l} .paths_base {r}")
+        } else {
+            LEGACY_PATHS_BASE.to_owned()
+        }
+    }
+
+    /// Log level flag (pmm-agent ≥ 2.27.99; node, mysqld and postgres have no `fatal`).
+    fn log_level(&self, args: &mut Vec<String>) {
+        let Some(level) = self.a.log_level else {
+            return;
+        };
+        if !self.at_least((2, 27, 99)) {
+            return;
+        }
+        let no_fatal = matches!(
+            self.a.agent_type,
+            AgentType::NodeExporter | AgentType::MysqldExporter | AgentType::PostgresExporter
+        );
+        let text = match level {
+            LogLevel::Fatal if no_fatal => "error".to_owned(),
+            l => serde_json::to_value(l)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        };
+        args.push(format!("--log.level={text}"));
+    }
+
+    /// Removes disabled collectors (`<prefix><name>` before any `=`) and sorts.
+    fn finish_args(&self, mut args: Vec<String>, prefix: &str) -> Vec<String> {
+        let off: Vec<String> = self
+            .a
+            .exporter
+            .disabled_collectors
+            .iter()
+            .map(|c| format!("{prefix}{c}"))
+            .collect();
+        args.retain(|arg| {
+            !off.iter()
+                .any(|o| arg.split('=').next() == Some(o.as_str()))
+        });
+        if let Some(path) = &self.a.exporter.metrics_path {
+            args.push(format!("--web.telemetry-path={path}"));
+        }
+        args.sort();
+        args
+    }
+
+    fn process(&self) -> Option<AgentProcess> {
+        use AgentType::*;
+        let delims = self.delims();
+        let (l, r) = delims;
+        let listen = format!(
+            "--web.listen-address={}:{l} .listen_port {r}",
+            self.listen_address()
+        );
+        let mut env = vec![format!("HTTP_AUTH=pmm:{}", self.http_password())];
+        let mut text_files = BTreeMap::new();
+        let (args, prefix) = match self.a.agent_type {
+            NodeExporter => (self.node_exporter(listen, delims), "--collector."),
+            MysqldExporter => {
+                let mut args = self.mysqld_exporter(listen, delims);
+                for (key, flag, value) in [
+                    ("tlsCa", "--mysql.ssl-ca-file", self.a.mysql.tls_ca.clone()),
+                    (
+                        "tlsCert",
+                        "--mysql.ssl-cert-file",
+                        self.a.mysql.tls_cert.clone(),
+                    ),
+                    (
+                        "tlsKey",
+                        "--mysql.ssl-key-file",
+                        self.open(&self.a.mysql.tls_key),
+                    ),
+                ] {
+                    if let Some(v) = value.filter(|v| !v.is_empty()) {
+                        args.push(format!("{flag}={l} .TextFiles.{key} {r}"));
+                        text_files.insert(key.to_owned(), v);
+                    }
+                }
+                if self.a.tls_skip_verify {
+                    args.push("--mysql.ssl-skip-verify".to_owned());
+                }
+                env.push(format!(
+                    "DATA_SOURCE_NAME={}",
+                    self.mysql_dsn(false, &text_files)
+                ));
+                (args, "--collect.")
+            }
+            PostgresExporter => {
+                env.push(format!("DATA_SOURCE_NAME={}", self.postgres_dsn(1)));
+                (self.postgres_exporter(listen, delims), "--collect.")
+            }
+            MongodbExporter => {
+                env.push(format!("MONGODB_URI={}", self.mongodb_dsn()));
+                (self.mongodb_exporter(listen), "--collector.")
+            }
+            ProxysqlExporter => {
+                env.push(format!(
+                    "DATA_SOURCE_NAME={}",
+                    self.mysql_dsn(false, &text_files)
+                ));
+                (self.proxysql_exporter(delims), "-collect.")
+            }
+            ValkeyExporter => {
+                let (host, port) = self.host_port();
+                env.push(format!("REDIS_ADDR={host}:{port}"));
+                if let Some(u) = &self.a.username {
+                    env.push(format!("REDIS_USER={u}"));
+                }
+                if let Some(p) = self.password() {
+                    env.push(format!("REDIS_PASSWORD={p}"));
+                }
+                (vec![listen], "--")
+            }
+            // RDS (grouped per AWS key), Azure, vmagent and nomad are not rendered yet;
+            // external exporters run elsewhere.
+            _ => return None,
+        };
+        let mut args = args;
+        self.log_level(&mut args);
+        let args = self.finish_args(args, prefix);
+        env.sort();
+        Some(AgentProcess {
+            r#type: pb_type(self.a.agent_type),
+            template_left_delim: l.to_owned(),
+            template_right_delim: r.to_owned(),
+            args,
+            env,
+            text_files: text_files.into_iter().collect(),
+            redact_words: self.redact_words(),
+        })
+    }
+
+    fn node_exporter(&self, listen: String, delims: (&str, &str)) -> Vec<String> {
+        let base = self.paths_base(delims);
+        let mut args = vec![
+            format!(
+                "--collector.textfile.directory.lr={base}/collectors/textfile-collector/low-resolution"
+            ),
+            format!(
+                "--collector.textfile.directory.mr={base}/collectors/textfile-collector/medium-resolution"
+            ),
+            format!(
+                "--collector.textfile.directory.hr={base}/collectors/textfile-collector/high-resolution"
+            ),
+            "--web.disable-exporter-metrics".to_owned(),
+            listen,
+        ];
+        const ON: [&str; 23] = [
+            "bonding",
+            "entropy",
+            "uname",
+            "textfile.lr",
+            "textfile.mr",
+            "hwmon",
+            "buddyinfo",
+            "cpu",
+            "diskstats",
+            "filefd",
+            "filesystem",
+            "loadavg",
+            "meminfo",
+            "meminfo_numa",
+            "netdev",
+            "netstat",
+            "processes",
+            "stat",
+            "time",
+            "vmstat",
+            "textfile.hr",
+            "standard.go",
+            "standard.process",
+        ];
+        const OFF: [&str; 26] = [
+            "arp",
+            "bcache",
+            "conntrack",
+            "drbd",
+            "edac",
+            "infiniband",
+            "interrupts",
+            "ipvs",
+            "ksmd",
+            "logind",
+            "mdadm",
+            "mountstats",
+            "netclass",
+            "nfs",
+            "nfsd",
+            "ntp",
+            "qdisc",
+            "runit",
+            "sockstat",
+            "supervisord",
+            "systemd",
+            "tcpstat",
+            "timex",
+            "wifi",
+            "xfs",
+            "zfs",
+        ];
+        args.extend(ON.iter().map(|c| format!("--collector.{c}")));
+        args.extend(OFF.iter().map(|c| format!("--no-collector.{c}")));
+        args
+    }
+
+    fn mysqld_exporter(&self, listen: String, delims: (&str, &str)) -> Vec<String> {
+        let base = self.paths_base(delims);
+        let mut collectors = vec![
+            "binlog_size",
+            "engine_tokudb_status",
+            "global_variables",
+            "heartbeat",
+            "info_schema.clientstats",
+            "info_schema.userstats",
+            "perf_schema.eventsstatements",
+            "custom_query.lr",
+            "engine_innodb_status",
+            "info_schema.innodb_cmp",
+            "info_schema.innodb_cmpmem",
+            "info_schema.processlist",
+            "info_schema.query_response_time",
+            "perf_schema.eventswaits",
+            "perf_schema.file_events",
+            "slave_status",
+            "custom_query.mr",
+            "global_status",
+            "info_schema.innodb_metrics",
+            "custom_query.hr",
+            "standard.go",
+            "standard.process",
+        ];
+        if self.at_least((2, 36, 0)) {
+            collectors.push("plugins");
+        }
+        if tablestats_enabled(self.a) {
+            collectors.extend([
+                "info_schema.innodb_tablespaces",
+                "auto_increment.columns",
+                "info_schema.tables",
+                "info_schema.tablestats",
+                "perf_schema.indexiowaits",
+                "perf_schema.tableiowaits",
+                "perf_schema.file_instances",
+                "perf_schema.tablelocks",
+            ]);
+        }
+        let mut args: Vec<String> = collectors
+            .iter()
+            .map(|c| format!("--collect.{c}"))
+            .collect();
+        for (res, dir) in [("lr", "low"), ("mr", "medium"), ("hr", "high")] {
+            args.push(format!(
+                "--collect.custom_query.{res}.directory={base}/collectors/custom-queries/mysql/{dir}-resolution"
+            ));
+        }
+        args.extend([
+            "--exporter.max-idle-conns=3".to_owned(),
+            "--exporter.max-open-conns=3".to_owned(),
+            "--exporter.conn-max-lifetime=55s".to_owned(),
+            "--exporter.global-conn-pool".to_owned(),
+            listen,
+        ]);
+        args
+    }
+
+    fn postgres_exporter(&self, listen: String, delims: (&str, &str)) -> Vec<String> {
+        let base = self.paths_base(delims);
+        let mut args = vec![listen];
+        for (res, dir) in [("lr", "low"), ("mr", "medium"), ("hr", "high")] {
+            args.push(format!("--collect.custom_query.{res}"));
+            args.push(format!(
+                "--collect.custom_query.{res}.directory={base}/collectors/custom-queries/postgresql/{dir}-resolution"
+            ));
+        }
+        let pg = &self.a.postgresql;
+        let discover = match pg.auto_discovery_limit {
+            None => true,
+            Some(0) => pg.database_count.is_none_or(|c| c <= 50),
+            Some(l) if l < 0 => false,
+            Some(l) => pg.database_count.is_none_or(|c| c <= l),
+        };
+        if discover {
+            args.push("--auto-discover-databases".to_owned());
+            args.push("--exclude-databases=template0,template1,cloudsqladmin,pmm-managed-dev,azure_maintenance,rdsadmin".to_owned());
+        }
+        if pg.max_exporter_connections != 0 && self.at_least((2, 41, 2)) {
+            args.push(format!("--max-connections={}", pg.max_exporter_connections));
+        }
+        args
+    }
+
+    fn mongodb_exporter(&self, listen: String) -> Vec<String> {
+        let mut args = vec![
+            "--mongodb.global-conn-pool".to_owned(),
+            "--compatible-mode".to_owned(),
+            "--discovering-mode".to_owned(),
+            listen,
+        ];
+        if self.at_least((2, 26, 0)) {
+            args.push("--collector.diagnosticdata".to_owned());
+            args.push("--collector.replicasetstatus".to_owned());
+            let m = &self.a.mongo;
+            if m.enable_all_collectors {
+                for c in ["collstats", "dbstats", "indexstats", "topmetrics"] {
+                    args.push(format!("--collector.{c}"));
+                }
+                if self.at_least((2, 41, 1)) {
+                    args.push("--collector.shards".to_owned());
+                }
+                if self.at_least((2, 42, 0)) {
+                    args.push("--collector.currentopmetrics".to_owned());
+                }
+            }
+            if self.at_least((2, 43, 0)) {
+                args.push("--collector.fcv".to_owned());
+                args.push("--collector.pbm".to_owned());
+            }
+            if !m.stats_collections.is_empty() {
+                let colls = m.stats_collections.join(",");
+                args.push(format!("--mongodb.collstats-colls={colls}"));
+                args.push(format!("--mongodb.indexstats-colls={colls}"));
+            }
+            let limit = if m.collections_limit == -1 {
+                200
+            } else {
+                m.collections_limit
+            };
+            args.push(format!("--collector.collstats-limit={limit}"));
+        }
+        args
+    }
+
+    fn proxysql_exporter(&self, (l, r): (&str, &str)) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "-collect.mysql_connection_list",
+            "-collect.mysql_connection_pool",
+            "-collect.mysql_status",
+            "-collect.stats_memory_metrics",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.push(format!(
+            "-web.listen-address={}:{l} .listen_port {r}",
+            self.listen_address()
+        ));
+        if self.at_least((2, 18, 99)) {
+            args.push("-collect.stats_command_counter".to_owned());
+        }
+        if self.at_least((2, 20, 99)) {
+            args.push("-collect.runtime_mysql_servers".to_owned());
+        }
+        args
+    }
+
+    /// go-sql-driver's DSN: `user:pass@tcp(host:port)/?timeout=1s` (QAN adds its flags).
+    fn mysql_dsn(&self, qan: bool, text_files: &BTreeMap<String, String>) -> String {
+        let (host, port) = self.host_port();
+        let user = self.a.username.clone().unwrap_or_default();
+        let auth = match self.password() {
+            Some(p) => format!("{user}:{p}@"),
+            None if user.is_empty() => String::new(),
+            None => format!("{user}@"),
+        };
+        let socket = self
+            .service
+            .and_then(|s| s.socket.clone())
+            .filter(|s| !s.is_empty());
+        let addr = match socket {
+            Some(s) => format!("unix({s})"),
+            None => format!("tcp({host}:{port})"),
+        };
+        let mut params = Vec::new();
+        if qan {
+            params.push("clientFoundRows=true".to_owned());
+            params.push("parseTime=true".to_owned());
+        }
+        if self.a.tls {
+            let mode = if !text_files.is_empty() {
+                "custom"
+            } else if self.a.tls_skip_verify {
+                "skip-verify"
+            } else {
+                "true"
+            };
+            params.push(format!("tls={mode}"));
+        }
+        params.push("timeout=1s".to_owned());
+        format!("{auth}{addr}/?{}", params.join("&"))
+    }
+
+    /// `postgres://user:pass@host:port/db?connect_timeout=N&sslmode=...`.
+    fn postgres_dsn(&self, timeout_secs: u32) -> String {
+        let (host, port) = self.host_port();
+        let user = enc(&self.a.username.clone().unwrap_or_default());
+        let auth = match self.password() {
+            Some(p) => format!("{user}:{}@", enc(&p)),
+            None => format!("{user}@"),
+        };
+        let db = self
+            .service
+            .map(|s| s.database_name.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "postgres".to_owned());
+        let sslmode = match (self.a.tls, self.a.tls_skip_verify) {
+            (false, _) => "disable",
+            (true, true) => "require",
+            (true, false) => "verify-ca",
+        };
+        format!(
+            "postgres://{auth}{host}:{port}/{}?connect_timeout={timeout_secs}&sslmode={sslmode}",
+            enc(&db)
+        )
+    }
+
+    /// `mongodb://user:pass@host:port/?connectTimeoutMS=1000&directConnection=true&...`.
+    fn mongodb_dsn(&self) -> String {
+        let (host, port) = self.host_port();
+        let auth = match (&self.a.username, self.password()) {
+            (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(&p)),
+            (Some(u), None) => format!("{}@", enc(u)),
+            _ => String::new(),
+        };
+        let mut params = vec![
+            "connectTimeoutMS=1000".to_owned(),
+            "directConnection=true".to_owned(),
+            "serverSelectionTimeoutMS=1000".to_owned(),
+        ];
+        if self.a.tls {
+            params.push("ssl=true".to_owned());
+            if self.a.tls_skip_verify {
+                params.push("tlsInsecure=true".to_owned());
+            }
+        }
+        let m = &self.a.mongo;
+        if !m.authentication_mechanism.is_empty() {
+            params.push(format!(
+                "authMechanism={}",
+                enc(&m.authentication_mechanism)
+            ));
+        }
+        if !m.authentication_database.is_empty() {
+            params.push(format!("authSource={}", enc(&m.authentication_database)));
+        }
+        format!("mongodb://{auth}{host}:{port}/?{}", params.join("&"))
+    }
+
+    fn builtin(&self) -> Option<BuiltinAgent> {
+        use AgentType::*;
+        let t = self.a.agent_type;
+        let (l, r) = self.delims();
+        let dsn = match t {
+            QanMysqlPerfschemaAgent | QanMysqlSlowlogAgent => {
+                self.mysql_dsn(true, &BTreeMap::new())
+            }
+            QanMongodbProfilerAgent | QanMongodbMongologAgent => self.mongodb_dsn(),
+            QanPostgresqlPgstatementsAgent => self.postgres_dsn(5),
+            QanPostgresqlPgstatmonitorAgent => self.postgres_dsn(1),
+            _ => return None,
+        };
+        let q = &self.a.qan;
+        Some(BuiltinAgent {
+            r#type: pb_type(t),
+            dsn,
+            max_query_length: q.max_query_length,
+            disable_comments_parsing: q.comments_parsing_disabled,
+            disable_query_examples: q.query_examples_disabled,
+            max_query_log_size: if t == QanMysqlSlowlogAgent {
+                q.max_query_log_size
+            } else {
+                0
+            },
+            text_files: Some(TextFiles {
+                files: Default::default(),
+                template_left_delim: l.to_owned(),
+                template_right_delim: r.to_owned(),
+            }),
+            tls: self.a.tls,
+            tls_skip_verify: self.a.tls_skip_verify,
+        })
+    }
+}
+
+/// Percent-encoding for URL user info, paths and query values (RFC 3986 unreserved kept).
+fn enc(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delimiters_avoid_what_the_inputs_contain() {
+        assert_eq!(delimiters(&["plain"]), ("{{", "}}"));
+        assert_eq!(delimiters(&["pa{{ss"]), ("[[", "]]"));
+        assert_eq!(delimiters(&["a}}", "b[["]), ("((", "))"));
+    }
+
+    #[test]
+    fn urls_encode_what_is_not_unreserved() {
+        assert_eq!(enc("p@ss:w/rd%"), "p%40ss%3Aw%2Frd%25");
+        assert_eq!(enc("plain-1.2_~"), "plain-1.2_~");
+    }
+}

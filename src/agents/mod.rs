@@ -1,0 +1,620 @@
+//! pmm-agent streams (`agent.v1.AgentService/Connect`): PMM's agent protocol on any node.
+//!
+//! - A pmm-agent connects with its id (`pmm-agent-id`), version (`pmm-agent-version`) and the
+//!   token RegisterNode issued it (`authorization: Bearer`). Unknown or removed pmm-agents and
+//!   tokens of other agents are refused; one live stream per pmm-agent on a node (a second
+//!   connection pings the first and takes over only if it does not answer).
+//! - The server sends the desired state ([`desired::render`]) with its revision on connect and
+//!   again only when a change affects that pmm-agent (its inputs are compared by identity in the
+//!   persistent state, then the message by value); the agent's answer records the revision it
+//!   applied.
+//! - StateChanged reports and connects/disconnects become [`ReportAgents`] commands, batched
+//!   and deduplicated by [`reports::Batcher`], sent to the leader from any node.
+//! - The server pings every [`PING_EVERY`], records round trip and clock drift, and closes a
+//!   stream whose agent stops answering; a removed pmm-agent is disconnected at once.
+//! - Each stream has a bounded outbox and reads the state through a watch (latest value only),
+//!   so a slow agent holds at most a few messages and never blocks another.
+
+pub mod desired;
+pub mod reports;
+pub mod sim;
+
+use crate::commands::agent_reports::{AgentReport, Connection};
+use crate::commands::dispatcher::Dispatcher;
+use crate::crypto::Cipher;
+use crate::domain::agent::AgentStatus;
+use crate::domain::{AgentId, AgentType, Role, State};
+use crate::grpc::pb::agent::v1::{
+    AgentMessage, Ping, Pong, ServerMessage, SetStateRequest, StateChangedResponse, agent_message,
+    server_message,
+};
+use crate::grpc::pb::google::rpc::Status as RpcStatus;
+use crate::grpc::pb::inventory::v1::AgentStatus as PbStatus;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use reports::Batcher;
+
+/// How often the server pings each stream.
+pub const PING_EVERY: Duration = Duration::from_secs(10);
+/// A stream whose agent has not answered for this long is closed.
+pub const DEAD_AFTER: Duration = Duration::from_secs(30);
+/// How long a new connection waits for the old one's Pong before taking over.
+const TAKEOVER_PING: Duration = Duration::from_secs(2);
+/// Messages queued to one agent at most (SetState, pings, answers).
+const OUTBOX: usize = 8;
+
+/// What this node knows of one live stream (for status pages and the query API).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StreamInfo {
+    pub pmm_agent_id: String,
+    pub session: String,
+    pub version: String,
+    pub connected_at: chrono::DateTime<chrono::Utc>,
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+    /// The revision of the last desired state sent, and the last one the agent applied.
+    pub desired_revision: i64,
+    pub applied_revision: i64,
+    /// The last revision of the state this stream compared its desired state against.
+    pub evaluated_revision: i64,
+    pub round_trip_ms: Option<f64>,
+    /// The agent's clock minus ours, from the last Pong (ms).
+    pub clock_drift_ms: Option<f64>,
+}
+
+struct Entry {
+    info: StreamInfo,
+    /// Ends the stream (a takeover or a removal).
+    kick: Option<oneshot::Sender<()>>,
+    /// Asks the stream to ping its agent; answers whether it did.
+    probe: mpsc::Sender<oneshot::Sender<bool>>,
+}
+
+/// The agent service of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct AgentServer {
+    dispatcher: Dispatcher,
+    cipher: Arc<Cipher>,
+    registry: Arc<Mutex<HashMap<AgentId, Entry>>>,
+    batcher: Batcher,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AgentServer {
+    pub fn new(dispatcher: Dispatcher, cipher: Arc<Cipher>) -> Self {
+        let batcher = Batcher::start(dispatcher.clone());
+        Self {
+            dispatcher,
+            cipher,
+            registry: Arc::default(),
+            batcher,
+        }
+    }
+
+    /// The live streams on this node, by pmm-agent id.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        let mut out: Vec<StreamInfo> = lock(&self.registry)
+            .values()
+            .map(|e| e.info.clone())
+            .collect();
+        out.sort_by(|a, b| a.pmm_agent_id.cmp(&b.pmm_agent_id));
+        out
+    }
+
+    pub fn stream(&self, id: &AgentId) -> Option<StreamInfo> {
+        lock(&self.registry).get(id).map(|e| e.info.clone())
+    }
+
+    /// The tonic service to mount.
+    pub fn service(
+        self,
+    ) -> crate::grpc::pb::agent::v1::agent_service_server::AgentServiceServer<Self> {
+        crate::grpc::pb::agent::v1::agent_service_server::AgentServiceServer::new(self)
+            .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES)
+    }
+
+    /// Checks the metadata of a Connect call: who the agent is and that its token is its own.
+    fn authenticate(
+        &self,
+        meta: &tonic::metadata::MetadataMap,
+        state: &State,
+    ) -> Result<(AgentId, String), Status> {
+        let text = |k: &str| {
+            meta.get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        };
+        let id = text("pmm-agent-id");
+        // PMM 2 agents may still send the legacy `/agent_id/` prefix.
+        let id = id.strip_prefix("/agent_id/").unwrap_or(&id).to_owned();
+        if id.is_empty() {
+            return Err(Status::permission_denied("Empty Agent ID."));
+        }
+        let version = text("pmm-agent-version");
+        if crate::files::scrape::version(Some(&version)).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "pmm-agent-version: {:?} is not a version.",
+                version.chars().take(64).collect::<String>()
+            )));
+        }
+        let secret = text("authorization");
+        let secret = secret.strip_prefix("Bearer ").unwrap_or("").trim();
+        if secret.is_empty() {
+            return Err(Status::unauthenticated(
+                "a pmm-agent token is required (authorization: Bearer).",
+            ));
+        }
+        let token = state
+            .token_by_hash(&crate::domain::token::token_hash(secret))
+            .ok_or_else(|| Status::unauthenticated("unknown or revoked token."))?;
+        let agent_id = AgentId::from(id.as_str());
+        if token.role != Role::Agent || token.agent_id.as_ref() != Some(&agent_id) {
+            return Err(Status::permission_denied(
+                "this token is not this pmm-agent's.",
+            ));
+        }
+        let agent = state
+            .agents
+            .get(&agent_id)
+            .filter(|a| a.agent_type == AgentType::PmmAgent)
+            .ok_or_else(|| {
+                Status::permission_denied(format!("pmm-agent with ID {id:?} not found."))
+            })?;
+        if agent.runs_on_node_id.is_none() {
+            return Err(Status::permission_denied(
+                "pmm-agent has no runs_on_node_id.",
+            ));
+        }
+        Ok((agent_id, version))
+    }
+
+    /// Makes room for a new stream of `id`: refuses it while the old stream answers a ping,
+    /// else kicks the old one.
+    async fn take_over(&self, id: &AgentId) -> Result<(), Status> {
+        let probe = lock(&self.registry).get(id).map(|e| e.probe.clone());
+        let Some(probe) = probe else {
+            return Ok(());
+        };
+        let (tx, rx) = oneshot::channel();
+        let alive = probe.send(tx).await.is_ok()
+            && matches!(tokio::time::timeout(TAKEOVER_PING, rx).await, Ok(Ok(true)));
+        if alive {
+            return Err(Status::already_exists(format!(
+                "pmm-agent with ID {id:?} is already connected."
+            )));
+        }
+        let old = lock(&self.registry).remove(id);
+        if let Some(kick) = old.and_then(|mut o| o.kick.take()) {
+            let _ = kick.send(());
+        }
+        Ok(())
+    }
+}
+
+type ConnectStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl crate::grpc::pb::agent::v1::agent_service_server::AgentService for AgentServer {
+    type ConnectStream = ConnectStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let state = self.dispatcher.state();
+        let (id, version) = self.authenticate(request.metadata(), &state)?;
+        self.take_over(&id).await?;
+        let session = uuid::Uuid::new_v4().to_string();
+        let node_id = state
+            .agents
+            .get(&id)
+            .and_then(|a| a.runs_on_node_id.clone())
+            .unwrap_or_default();
+        let node_name = state
+            .nodes
+            .get(&node_id)
+            .map(|n| n.node_name.clone())
+            .unwrap_or_default();
+        let (out_tx, out_rx) = mpsc::channel(OUTBOX);
+        let (kick_tx, kick_rx) = oneshot::channel();
+        let (probe_tx, probe_rx) = mpsc::channel(1);
+        let now = chrono::Utc::now();
+        let info = StreamInfo {
+            pmm_agent_id: id.to_string(),
+            session: session.clone(),
+            version: version.clone(),
+            connected_at: now,
+            last_seen: now,
+            desired_revision: 0,
+            applied_revision: 0,
+            evaluated_revision: 0,
+            round_trip_ms: None,
+            clock_drift_ms: None,
+        };
+        {
+            let mut reg = lock(&self.registry);
+            // A racing connection got in first: it wins.
+            if reg.contains_key(&id) {
+                return Err(Status::already_exists(format!(
+                    "pmm-agent with ID {id:?} is already connected."
+                )));
+            }
+            reg.insert(
+                id.clone(),
+                Entry {
+                    info,
+                    kick: Some(kick_tx),
+                    probe: probe_tx,
+                },
+            );
+        }
+        self.batcher.connection(Connection {
+            pmm_agent_id: id.clone(),
+            session: session.clone(),
+            connected: true,
+            version: Some(version),
+        });
+        let stream = Stream_ {
+            server: self.clone(),
+            id: id.clone(),
+            session,
+            inbound: request.into_inner(),
+            out: out_tx,
+            next_id: 1,
+            pending_pings: HashMap::new(),
+            pending_states: HashMap::new(),
+            probes: Vec::new(),
+            last_heard: Instant::now(),
+            last_sent: None,
+            inputs: Vec::new(),
+        };
+        tokio::spawn(stream.run(kick_rx, probe_rx));
+        let mut resp = Response::new(
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx)) as ConnectStream,
+        );
+        let md = resp.metadata_mut();
+        for (k, v) in [
+            ("pmm-agent-node-id", node_id.to_string()),
+            ("pmm-node-name", node_name),
+            ("pmm-server-version", env!("CARGO_PKG_VERSION").to_owned()),
+        ] {
+            if let Ok(v) = v.parse() {
+                md.insert(k, v);
+            }
+        }
+        Ok(resp)
+    }
+}
+
+/// One live stream.
+struct Stream_ {
+    server: AgentServer,
+    id: AgentId,
+    session: String,
+    inbound: Streaming<AgentMessage>,
+    out: mpsc::Sender<Result<ServerMessage, Status>>,
+    next_id: u32,
+    /// Our pings awaiting a Pong: request id -> when sent.
+    pending_pings: HashMap<u32, (Instant, chrono::DateTime<chrono::Utc>)>,
+    /// Our SetStates awaiting an answer: request id -> revision.
+    pending_states: HashMap<u32, i64>,
+    /// Takeover probes waiting for the next Pong.
+    probes: Vec<oneshot::Sender<bool>>,
+    last_heard: Instant,
+    last_sent: Option<SetStateRequest>,
+    /// Identities of what the last desired state was rendered from.
+    inputs: Vec<usize>,
+}
+
+enum End {
+    Closed,
+    Kicked(&'static str),
+    Dead,
+}
+
+impl Stream_ {
+    async fn run(
+        mut self,
+        mut kick: oneshot::Receiver<()>,
+        mut probes: mpsc::Receiver<oneshot::Sender<bool>>,
+    ) {
+        let mut states = self.server.dispatcher.subscribe();
+        let mut ticker = tokio::time::interval(PING_EVERY);
+        ticker.tick().await;
+        let end = loop {
+            // The desired state first (on connect, and after every change that affects us).
+            let state = states.borrow_and_update().clone();
+            if !state.agents.contains_key(&self.id) {
+                break End::Kicked("pmm-agent removed.");
+            }
+            if let Err(end) = self.maybe_send_state(&state).await {
+                break end;
+            }
+            self.update_info(|i| i.evaluated_revision = state.revision);
+            tokio::select! {
+                msg = self.inbound.message() => match msg {
+                    Ok(Some(m)) => {
+                        if let Err(end) = self.handle(m).await {
+                            break end;
+                        }
+                    }
+                    Ok(None) | Err(_) => break End::Closed,
+                },
+                changed = states.changed() => {
+                    if changed.is_err() {
+                        break End::Kicked("server shutting down.");
+                    }
+                }
+                _ = ticker.tick() => {
+                    if self.last_heard.elapsed() > DEAD_AFTER {
+                        break End::Dead;
+                    }
+                    if self.ping().await.is_err() {
+                        break End::Closed;
+                    }
+                }
+                Some(probe) = probes.recv() => {
+                    self.probes.push(probe);
+                    if self.ping().await.is_err() {
+                        break End::Closed;
+                    }
+                }
+                _ = &mut kick => break End::Kicked("Kicked."),
+            }
+        };
+        for p in self.probes.drain(..) {
+            let _ = p.send(false);
+        }
+        match end {
+            End::Kicked(why) => {
+                let _ = self.out.try_send(Err(Status::aborted(why)));
+            }
+            End::Dead => {
+                tracing::info!(pmm_agent = %self.id, "pmm-agent stopped answering; stream closed")
+            }
+            End::Closed => {}
+        }
+        // Only the current stream of this id reports the disconnect (a takeover already
+        // replaced the entry).
+        let current = {
+            let mut reg = lock(&self.server.registry);
+            let mine = reg
+                .get(&self.id)
+                .is_some_and(|e| e.info.session == self.session);
+            if mine {
+                reg.remove(&self.id);
+            }
+            mine
+        };
+        if current {
+            self.server.batcher.connection(Connection {
+                pmm_agent_id: self.id.clone(),
+                session: self.session.clone(),
+                connected: false,
+                version: None,
+            });
+        }
+    }
+
+    fn next_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    async fn send(&self, msg: ServerMessage) -> Result<(), End> {
+        self.out.send(Ok(msg)).await.map_err(|_| End::Closed)
+    }
+
+    fn update_info(&self, f: impl FnOnce(&mut StreamInfo)) {
+        let mut reg = lock(&self.server.registry);
+        if let Some(e) = reg
+            .get_mut(&self.id)
+            .filter(|e| e.info.session == self.session)
+        {
+            f(&mut e.info);
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), End> {
+        let id = self.next_id();
+        self.pending_pings
+            .insert(id, (Instant::now(), chrono::Utc::now()));
+        // Unanswered pings of a silent agent are forgotten after a while.
+        if self.pending_pings.len() > 8 {
+            let oldest = self.pending_pings.keys().min().copied();
+            if let Some(o) = oldest {
+                self.pending_pings.remove(&o);
+            }
+        }
+        self.send(ServerMessage {
+            id,
+            payload: Some(server_message::Payload::Ping(Ping {})),
+            status: None,
+        })
+        .await
+    }
+
+    /// Sends the desired state if what it is made of changed and the message differs.
+    async fn maybe_send_state(&mut self, state: &State) -> Result<(), End> {
+        let inputs = inputs_of(state, &self.id);
+        if self.last_sent.is_some() && inputs == self.inputs {
+            return Ok(());
+        }
+        self.inputs = inputs;
+        let mut desired = desired::render(state, &self.server.cipher, &self.id);
+        if let Some(last) = &self.last_sent {
+            let same = last.agent_processes == desired.agent_processes
+                && last.builtin_agents == desired.builtin_agents;
+            if same {
+                return Ok(());
+            }
+        }
+        desired.revision = state.revision;
+        let id = self.next_id();
+        self.pending_states.insert(id, state.revision);
+        self.last_sent = Some(desired.clone());
+        self.update_info(|i| i.desired_revision = state.revision);
+        self.send(ServerMessage {
+            id,
+            payload: Some(server_message::Payload::SetState(desired)),
+            status: None,
+        })
+        .await
+    }
+
+    async fn handle(&mut self, m: AgentMessage) -> Result<(), End> {
+        self.last_heard = Instant::now();
+        let now = chrono::Utc::now();
+        use agent_message::Payload as P;
+        match m.payload {
+            Some(P::Ping(_)) => {
+                self.update_info(|i| i.last_seen = now);
+                let t = now;
+                self.send(ServerMessage {
+                    id: m.id,
+                    payload: Some(server_message::Payload::Pong(Pong {
+                        current_time: Some(pbjson_types::Timestamp {
+                            seconds: t.timestamp(),
+                            nanos: t.timestamp_subsec_nanos() as i32,
+                        }),
+                    })),
+                    status: None,
+                })
+                .await
+            }
+            Some(P::Pong(p)) => {
+                for probe in self.probes.drain(..) {
+                    let _ = probe.send(true);
+                }
+                if let Some((sent, sent_at)) = self.pending_pings.remove(&m.id) {
+                    let rtt = sent.elapsed();
+                    let drift = p.current_time.map(|t| {
+                        let agent_ms = t.seconds as f64 * 1000.0 + f64::from(t.nanos) / 1e6;
+                        let sent_ms = sent_at.timestamp_millis() as f64;
+                        agent_ms - sent_ms - rtt.as_secs_f64() * 500.0
+                    });
+                    self.update_info(|i| {
+                        i.last_seen = now;
+                        i.round_trip_ms = Some(rtt.as_secs_f64() * 1000.0);
+                        i.clock_drift_ms = drift;
+                    });
+                }
+                Ok(())
+            }
+            Some(P::StateChanged(s)) => {
+                self.update_info(|i| i.last_seen = now);
+                let status = match PbStatus::try_from(s.status).unwrap_or(PbStatus::Unspecified) {
+                    PbStatus::Starting => AgentStatus::Starting,
+                    PbStatus::Running => AgentStatus::Running,
+                    PbStatus::Waiting => AgentStatus::Waiting,
+                    PbStatus::Stopping => AgentStatus::Stopping,
+                    PbStatus::Done => AgentStatus::Done,
+                    PbStatus::InitializationError => AgentStatus::InitializationError,
+                    PbStatus::Unknown | PbStatus::Unspecified => AgentStatus::Unknown,
+                };
+                let done = self.server.batcher.report(AgentReport {
+                    pmm_agent_id: self.id.clone(),
+                    agent_id: AgentId::from(s.agent_id.as_str()),
+                    status,
+                    listen_port: u16::try_from(s.listen_port).ok().filter(|p| *p != 0),
+                    process_exec_path: Some(s.process_exec_path).filter(|p| !p.is_empty()),
+                    version: Some(s.version).filter(|v| !v.is_empty()),
+                });
+                // Answered once recorded; the stream goes on meanwhile.
+                let out = self.out.clone();
+                let id = m.id;
+                tokio::spawn(async move {
+                    let recorded = done.await.unwrap_or(false);
+                    let msg = ServerMessage {
+                        id,
+                        payload: recorded.then_some(server_message::Payload::StateChanged(
+                            StateChangedResponse {},
+                        )),
+                        status: (!recorded).then(|| RpcStatus {
+                            code: tonic::Code::Unavailable as i32,
+                            message: "the report was not recorded; send it again.".to_owned(),
+                            details: Vec::new(),
+                        }),
+                    };
+                    let _ = out.send(Ok(msg)).await;
+                });
+                Ok(())
+            }
+            Some(P::SetState(r)) => {
+                if let Some(rev) = self.pending_states.remove(&m.id) {
+                    let applied = if r.applied_revision > 0 {
+                        r.applied_revision
+                    } else {
+                        rev
+                    };
+                    self.update_info(|i| {
+                        i.applied_revision = i.applied_revision.max(applied);
+                        i.last_seen = now;
+                    });
+                }
+                Ok(())
+            }
+            None => {
+                // An answer with an error to one of our requests: note it, never answer it.
+                if let Some(st) = m.status {
+                    self.pending_states.remove(&m.id);
+                    self.pending_pings.remove(&m.id);
+                    tracing::debug!(pmm_agent = %self.id, code = st.code, "pmm-agent answered with an error");
+                    return Ok(());
+                }
+                // Job messages (id 0) expect no answer.
+                if m.id == 0 {
+                    return Ok(());
+                }
+                self.send(ServerMessage {
+                    id: m.id,
+                    payload: None,
+                    status: Some(RpcStatus {
+                        code: tonic::Code::Unimplemented as i32,
+                        message: "this payload is not served by pmm-cp.".to_owned(),
+                        details: Vec::new(),
+                    }),
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// What a pmm-agent's desired state is made of, by identity: the settings (resolutions reach
+/// vmagent's file), its own entity, then each child with its service and node. A change
+/// elsewhere in the persistent state leaves these pointers as they were.
+fn inputs_of(state: &State, id: &AgentId) -> Vec<usize> {
+    let mut out = vec![Arc::as_ptr(&state.settings) as usize];
+    if let Some(a) = state.agents.get(id) {
+        out.push(Arc::as_ptr(a) as usize);
+    }
+    for child in state.children_of(id) {
+        if let Some(a) = state.agents.get(&child) {
+            out.push(Arc::as_ptr(a) as usize);
+            let service = a.service_id.as_ref().and_then(|s| state.services.get(s));
+            if let Some(s) = service {
+                out.push(Arc::as_ptr(s) as usize);
+            }
+            let node = a
+                .node_id
+                .clone()
+                .or_else(|| service.map(|s| s.node_id.clone()));
+            if let Some(n) = node.and_then(|n| state.nodes.get(&n)) {
+                out.push(Arc::as_ptr(n) as usize);
+            }
+        }
+    }
+    out
+}

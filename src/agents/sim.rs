@@ -1,0 +1,343 @@
+//! Fake pmm-agents for tests, demos and benchmarks: each connects with its id and token,
+//! answers pings, applies every SetState (reporting each process RUNNING on a port of its
+//! own, as pmm-agent does), and reconnects with jittered backoff when its stream ends.
+//! `pmm-cp simulate-agents` runs N of them against a server.
+
+use crate::grpc::pb::agent::v1::agent_service_client::AgentServiceClient;
+use crate::grpc::pb::agent::v1::{
+    AgentMessage, Ping, Pong, SetStateRequest, SetStateResponse, StateChangedRequest,
+    agent_message, server_message,
+};
+use crate::grpc::pb::inventory::v1::AgentStatus as PbStatus;
+use crate::grpc::pb::management::v1 as mgmt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+/// One fake pmm-agent's identity.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub agent_id: String,
+    pub token: String,
+}
+
+/// What a fake agent has seen, for tests and benchmarks to wait on.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// SetStates applied, and connections made.
+    pub states: AtomicU64,
+    pub connects: AtomicU64,
+}
+
+/// A running fake agent.
+pub struct SimAgent {
+    pub identity: Identity,
+    /// The revision of the last desired state applied (0 before the first).
+    pub applied: watch::Receiver<i64>,
+    /// The last desired state applied.
+    pub last_state: watch::Receiver<Option<SetStateRequest>>,
+    /// How the last stream ended (`None` while connected or before the first).
+    pub ended: watch::Receiver<Option<tonic::Status>>,
+    pub seen: Arc<Seen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimAgent {
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for SimAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How a fake agent behaves.
+#[derive(Clone, Debug)]
+pub struct Behaviour {
+    pub version: String,
+    /// Reconnect after the stream ends (backoff 0.1 s doubling to 2 s, jittered).
+    pub reconnect: bool,
+    /// Report `WAITING` then `RUNNING` for every process on each SetState (flapping).
+    pub flap: bool,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            version: "3.5.0".to_owned(),
+            reconnect: true,
+            flap: false,
+        }
+    }
+}
+
+fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+/// Registers `n` generic nodes named `<prefix>-<i>` with an admin token (RegisterNode over
+/// gRPC), returning each pmm-agent's id and token. At most 16 calls run at once.
+pub async fn register(
+    channel: Channel,
+    admin_token: &str,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Identity>> {
+    let calls = (0..n).map(|i| {
+        let mut client =
+            mgmt::management_service_client::ManagementServiceClient::new(channel.clone());
+        let token = admin_token.to_owned();
+        let name = format!("{prefix}-{i}");
+        async move {
+            let req = mgmt::RegisterNodeRequest {
+                node_type: crate::grpc::pb::inventory::v1::NodeType::GenericNode as i32,
+                node_name: name.clone(),
+                address: format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256),
+                ..Default::default()
+            };
+            let resp = client
+                .register_node(bearer(req, &token))
+                .await?
+                .into_inner();
+            let agent_id = resp.pmm_agent.map(|a| a.agent_id).unwrap_or_default();
+            anyhow::ensure!(
+                !resp.token.is_empty(),
+                "RegisterNode for {name} gave no token"
+            );
+            Ok(Identity {
+                agent_id,
+                token: resp.token,
+            })
+        }
+    });
+    bounded(calls, 16).await.into_iter().collect()
+}
+
+/// Starts a fake pmm-agent.
+pub fn start(channel: Channel, identity: Identity, behaviour: Behaviour) -> SimAgent {
+    let (applied_tx, applied) = watch::channel(0);
+    let (state_tx, last_state) = watch::channel(None);
+    let (ended_tx, ended) = watch::channel(None);
+    let seen = Arc::new(Seen::default());
+    let task = tokio::spawn(run(
+        channel,
+        identity.clone(),
+        behaviour,
+        applied_tx,
+        state_tx,
+        ended_tx,
+        seen.clone(),
+    ));
+    SimAgent {
+        identity,
+        applied,
+        last_state,
+        ended,
+        seen,
+        task,
+    }
+}
+
+async fn run(
+    channel: Channel,
+    identity: Identity,
+    behaviour: Behaviour,
+    applied: watch::Sender<i64>,
+    last_state: watch::Sender<Option<SetStateRequest>>,
+    ended: watch::Sender<Option<tonic::Status>>,
+    seen: Arc<Seen>,
+) {
+    let mut delay = Duration::from_millis(100);
+    // Ports stay with their process across reconnects, as pmm-agent keeps them.
+    let mut ports: BTreeMap<String, u32> = BTreeMap::new();
+    loop {
+        let outcome = session(
+            &channel,
+            &identity,
+            &behaviour,
+            &applied,
+            &last_state,
+            &seen,
+            &mut ports,
+        )
+        .await;
+        let status = match outcome {
+            Ok(()) => tonic::Status::ok("stream ended"),
+            Err(s) => s,
+        };
+        let refused = matches!(
+            status.code(),
+            tonic::Code::PermissionDenied
+                | tonic::Code::Unauthenticated
+                | tonic::Code::InvalidArgument
+        );
+        let _ = ended.send(Some(status));
+        if !behaviour.reconnect || refused {
+            return;
+        }
+        let jitter = rand::random::<u64>() % (delay.as_millis() as u64 / 2 + 1);
+        tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn session(
+    channel: &Channel,
+    identity: &Identity,
+    behaviour: &Behaviour,
+    applied: &watch::Sender<i64>,
+    last_state: &watch::Sender<Option<SetStateRequest>>,
+    seen: &Seen,
+    ports: &mut BTreeMap<String, u32>,
+) -> Result<(), tonic::Status> {
+    let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+    let mut req = bearer(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        &identity.token,
+    );
+    for (k, v) in [
+        ("pmm-agent-id", identity.agent_id.as_str()),
+        ("pmm-agent-version", behaviour.version.as_str()),
+    ] {
+        if let Ok(v) = v.parse() {
+            req.metadata_mut().insert(k, v);
+        }
+    }
+    let mut client = AgentServiceClient::new(channel.clone());
+    let mut inbound = client.connect(req).await?.into_inner();
+    seen.connects.fetch_add(1, Ordering::Relaxed);
+    let _ = tx
+        .send(AgentMessage {
+            id: 1,
+            payload: Some(agent_message::Payload::Ping(Ping {})),
+            status: None,
+        })
+        .await;
+    let mut next_id = 2u32;
+    while let Some(msg) = inbound.message().await? {
+        use server_message::Payload as P;
+        match msg.payload {
+            Some(P::Ping(_)) => {
+                let now = chrono::Utc::now();
+                let pong = Pong {
+                    current_time: Some(pbjson_types::Timestamp {
+                        seconds: now.timestamp(),
+                        nanos: now.timestamp_subsec_nanos() as i32,
+                    }),
+                };
+                let _ = tx
+                    .send(AgentMessage {
+                        id: msg.id,
+                        payload: Some(agent_message::Payload::Pong(pong)),
+                        status: None,
+                    })
+                    .await;
+            }
+            Some(P::SetState(state)) => {
+                let revision = state.revision;
+                let mut reports = Vec::new();
+                ports.retain(|k, _| state.agent_processes.contains_key(k));
+                for key in state.agent_processes.keys() {
+                    let next = 42000 + ports.len() as u32;
+                    let port = *ports.entry(key.clone()).or_insert(next);
+                    if behaviour.flap {
+                        reports.push((key.clone(), PbStatus::Waiting, 0));
+                    }
+                    reports.push((key.clone(), PbStatus::Running, port));
+                }
+                for key in state.builtin_agents.keys() {
+                    reports.push((key.clone(), PbStatus::Running, 0));
+                }
+                // Seen before it is answered: once the server records the answer, the state
+                // is visible here.
+                seen.states.fetch_add(1, Ordering::SeqCst);
+                let _ = last_state.send(Some(state.clone()));
+                let _ = applied.send(revision);
+                let _ = tx
+                    .send(AgentMessage {
+                        id: msg.id,
+                        payload: Some(agent_message::Payload::SetState(SetStateResponse {
+                            applied_revision: revision,
+                        })),
+                        status: None,
+                    })
+                    .await;
+                for (agent_id, status, port) in reports {
+                    let _ = tx
+                        .send(AgentMessage {
+                            id: next_id,
+                            payload: Some(agent_message::Payload::StateChanged(
+                                StateChangedRequest {
+                                    agent_id,
+                                    status: status as i32,
+                                    listen_port: port,
+                                    process_exec_path: String::new(),
+                                    version: String::new(),
+                                },
+                            )),
+                            status: None,
+                        })
+                        .await;
+                    next_id = next_id.wrapping_add(1).max(2);
+                }
+            }
+            // Answers to our requests (Pong, StateChangedResponse): nothing to do.
+            Some(_) => {}
+            // A request we do not serve: say so, unless it is itself an error answer.
+            None => {
+                if msg.status.is_none() && msg.id != 0 {
+                    let _ = tx
+                        .send(AgentMessage {
+                            id: msg.id,
+                            payload: None,
+                            status: Some(crate::grpc::pb::google::rpc::Status {
+                                code: tonic::Code::Unimplemented as i32,
+                                message: "not implemented by the simulator".to_owned(),
+                                details: Vec::new(),
+                            }),
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs futures with at most `limit` at once, returning their outputs in order.
+async fn bounded<F, T>(futures: impl IntoIterator<Item = F>, limit: usize) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let sem = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+    let handles: Vec<_> = futures
+        .into_iter()
+        .map(|f| {
+            let sem = sem.clone();
+            tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                f.await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.await {
+            Ok(v) => out.push(v),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {}
+        }
+    }
+    out
+}

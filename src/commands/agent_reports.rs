@@ -1,0 +1,117 @@
+//! What pmm-agents report over their streams, as commands: connections and disconnections,
+//! and the state of the agents they run (PMM's StateChangedRequest). The stream servers batch
+//! and deduplicate reports; one command carries a batch from many pmm-agents.
+//!
+//! Reports are facts from the field, not requests: one that no longer fits the state (an agent
+//! removed meanwhile, a report about another pmm-agent's agent) is skipped, never a rejection
+//! of the batch. An agent is changed (one `AgentChanged`) only when something differs.
+
+use super::{Decision, Rejection};
+use crate::domain::agent::AgentStatus;
+use crate::domain::{AgentId, AgentType};
+use crate::events::Event;
+
+/// A pmm-agent's stream opened (`connected`) or closed on `session`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Connection {
+    pub pmm_agent_id: AgentId,
+    pub session: String,
+    pub connected: bool,
+    /// The version the pmm-agent announced (on connect).
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// One StateChangedRequest.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentReport {
+    /// The pmm-agent that sent it.
+    pub pmm_agent_id: AgentId,
+    pub agent_id: AgentId,
+    pub status: AgentStatus,
+    /// 0 (none) is `None`.
+    pub listen_port: Option<u16>,
+    pub process_exec_path: Option<String>,
+    pub version: Option<String>,
+}
+
+/// A batch of reports, applied in order: connections, then agent states.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReportAgents {
+    pub connections: Vec<Connection>,
+    pub reports: Vec<AgentReport>,
+}
+
+impl ReportAgents {
+    pub fn decide(&self, d: &mut Decision<'_>) -> Result<(), Rejection> {
+        for c in &self.connections {
+            connection(d, c);
+        }
+        for r in &self.reports {
+            report(d, r);
+        }
+        Ok(())
+    }
+}
+
+fn changed(d: &mut Decision<'_>, id: &AgentId, f: impl FnOnce(&mut crate::domain::Agent)) {
+    let Some(old) = d.state().agents.get(id).cloned() else {
+        return;
+    };
+    let mut new = (*old).clone();
+    f(&mut new);
+    if new != *old {
+        new.updated_at = d.now();
+        d.emit(Event::AgentChanged { agent: new });
+    }
+}
+
+fn connection(d: &mut Decision<'_>, c: &Connection) {
+    let Some(agent) = d.state().agents.get(&c.pmm_agent_id).cloned() else {
+        return;
+    };
+    if agent.agent_type != AgentType::PmmAgent {
+        return;
+    }
+    if c.connected {
+        changed(d, &c.pmm_agent_id, |a| {
+            a.connected = true;
+            a.session = Some(c.session.clone());
+            if c.version.is_some() {
+                a.version.clone_from(&c.version);
+            }
+        });
+        return;
+    }
+    // A close from an older stream (a takeover, a move to another node) changes nothing.
+    if agent.session.as_deref() != Some(c.session.as_str()) {
+        return;
+    }
+    changed(d, &c.pmm_agent_id, |a| {
+        a.connected = false;
+        a.session = None;
+    });
+    // What a disconnected pmm-agent runs is not known any more.
+    for child in d.state().children_of(&c.pmm_agent_id) {
+        changed(d, &child, |a| a.status = AgentStatus::Unknown);
+    }
+}
+
+fn report(d: &mut Decision<'_>, r: &AgentReport) {
+    let Some(agent) = d.state().agents.get(&r.agent_id) else {
+        return;
+    };
+    if agent.pmm_agent_id.as_ref() != Some(&r.pmm_agent_id) {
+        return;
+    }
+    changed(d, &r.agent_id, |a| {
+        a.status = r.status;
+        a.listen_port = r.listen_port;
+        if r.process_exec_path.is_some() {
+            a.process_exec_path.clone_from(&r.process_exec_path);
+        }
+        if r.version.is_some() {
+            a.version.clone_from(&r.version);
+        }
+    });
+}

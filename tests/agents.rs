@@ -1,0 +1,687 @@
+//! pmm-agent streams: PMM's agent protocol against fake pmm-agents (`pmmcp::agents::sim`) and a
+//! raw client. Connect with the token RegisterNode issued, the initial desired state, updates
+//! only when a change affects the agent, the applied revision, status reports recorded as
+//! commands, duplicate connections, kick on removal, UNIMPLEMENTED answers, bad metadata and
+//! bad tokens; then a thousand agents on one node.
+
+mod support;
+
+use pmmcp::agents::sim::{self, Behaviour, Identity, SimAgent};
+use pmmcp::domain::Role;
+use pmmcp::grpc::pb::agent::v1 as ag;
+use pmmcp::grpc::pb::inventory::v1 as inv;
+use pmmcp::grpc::pb::management::v1 as mgmt;
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use support::cluster::TestNode;
+use support::*;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Server {
+    node: TestNode,
+    base: String,
+    channel: Channel,
+    admin: String,
+}
+
+async fn server() -> Server {
+    let node = TestNode::single().await;
+    let addr = node.serve_public().await;
+    let admin = node.token("admin", Role::Admin).await;
+    Server {
+        channel: Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect_lazy(),
+        base: format!("http://{addr}"),
+        node,
+        admin,
+    }
+}
+
+async fn query(s: &Server, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}{path}", s.base))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .expect("query")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Waits until the streams of `ids` have compared their state at the node's current revision
+/// and every state they sent was answered: nothing more is on its way to them.
+async fn settled(s: &Server, ids: &[&str]) {
+    wait_until("the streams settled", DEADLINE, || async move {
+        let now = s.node.dispatcher.state().revision;
+        let v = query(s, "/v1/query/pmm-agents").await;
+        ids.iter().all(|id| {
+            v["pmm_agents"].as_array().into_iter().flatten().any(|p| {
+                let st = &p["stream"];
+                p["agent_id"] == *id
+                    && st["evaluated_revision"].as_i64() >= Some(now)
+                    && st["applied_revision"] == st["desired_revision"]
+            })
+        })
+    })
+    .await;
+}
+
+/// Waits until the fake agent has applied a state of at least `revision`.
+async fn applied(agent: &SimAgent, revision: i64) {
+    let mut rx = agent.applied.clone();
+    tokio::time::timeout(DEADLINE, rx.wait_for(|r| *r >= revision))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} applied revision {revision} in time",
+                agent.identity.agent_id
+            )
+        })
+        .expect("agent running");
+}
+
+async fn ended(agent: &SimAgent) -> tonic::Status {
+    let mut rx = agent.ended.clone();
+    let st = tokio::time::timeout(DEADLINE, rx.wait_for(|e| e.is_some()))
+        .await
+        .expect("the stream ended in time")
+        .expect("agent task");
+    st.clone().expect("some")
+}
+
+fn mysql(pmm_agent: &str, node_id: String) -> mgmt::AddServiceRequest {
+    mgmt::AddServiceRequest {
+        service: Some(mgmt::add_service_request::Service::Mysql(
+            mgmt::AddMySqlServiceParams {
+                node_id,
+                service_name: format!("mysql-of-{pmm_agent}"),
+                address: "10.9.9.9".into(),
+                port: 3306,
+                pmm_agent_id: pmm_agent.into(),
+                username: "pmm".into(),
+                password: "s3cret-pw".into(),
+                qan_mysql_perfschema: true,
+                skip_connection_check: true,
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// A raw Connect call with the given metadata; the first answer (or the refusal).
+async fn raw_connect(
+    s: &Server,
+    meta: &[(&'static str, &str)],
+    first: Vec<ag::AgentMessage>,
+) -> Result<tonic::Streaming<ag::ServerMessage>, tonic::Status> {
+    let mut req = Request::new(tokio_stream::iter(first));
+    for (k, v) in meta {
+        req.metadata_mut().insert(*k, v.parse().expect("ascii"));
+    }
+    let mut client = ag::agent_service_client::AgentServiceClient::new(s.channel.clone());
+    client.connect(req).await.map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protocol_connects_sends_state_records_reports_and_kicks() {
+    let s = server().await;
+    let ids = sim::register(s.channel.clone(), &s.admin, "host", 2)
+        .await
+        .expect("registered");
+    let (me, other) = (ids[0].clone(), ids[1].clone());
+    assert!(me.token.starts_with("pmmcp_agent_"));
+
+    // Bad metadata and tokens are refused with PMM's codes; nothing is recorded.
+    let bearer = format!("Bearer {}", me.token);
+    let other_bearer = format!("Bearer {}", other.token);
+    let admin_bearer = format!("Bearer {}", s.admin);
+    let cases: Vec<(Vec<(&str, &str)>, Code)> = vec![
+        (
+            vec![("pmm-agent-version", "3.0.0"), ("authorization", &bearer)],
+            Code::PermissionDenied,
+        ),
+        (
+            vec![
+                ("pmm-agent-id", &me.agent_id),
+                ("pmm-agent-version", "three"),
+                ("authorization", &bearer),
+            ],
+            Code::InvalidArgument,
+        ),
+        (
+            vec![
+                ("pmm-agent-id", &me.agent_id),
+                ("pmm-agent-version", "3.0.0"),
+            ],
+            Code::Unauthenticated,
+        ),
+        (
+            vec![
+                ("pmm-agent-id", &me.agent_id),
+                ("pmm-agent-version", "3.0.0"),
+                ("authorization", "Bearer nope"),
+            ],
+            Code::Unauthenticated,
+        ),
+        (
+            vec![
+                ("pmm-agent-id", &me.agent_id),
+                ("pmm-agent-version", "3.0.0"),
+                ("authorization", &other_bearer),
+            ],
+            Code::PermissionDenied,
+        ),
+        (
+            vec![
+                ("pmm-agent-id", &me.agent_id),
+                ("pmm-agent-version", "3.0.0"),
+                ("authorization", &admin_bearer),
+            ],
+            Code::PermissionDenied,
+        ),
+    ];
+    for (meta, code) in cases {
+        let err = raw_connect(&s, &meta, vec![]).await.expect_err("refused");
+        assert_eq!(err.code(), code, "{meta:?}: {}", err.message());
+    }
+
+    // A MySQL service with its exporter and QAN agent under my pmm-agent.
+    let mut management =
+        mgmt::management_service_client::ManagementServiceClient::new(s.channel.clone());
+    let added = management
+        .add_service(authed(
+            mysql(&me.agent_id, state_node_of(&s, &me)),
+            &s.admin,
+        ))
+        .await
+        .expect("mysql added")
+        .into_inner();
+    let Some(mgmt::add_service_response::Service::Mysql(added)) = added.service else {
+        panic!("mysql");
+    };
+    let exporter_id = added.mysqld_exporter.expect("exporter").agent_id;
+    let qan_id = added.qan_mysql_perfschema.expect("qan").agent_id;
+
+    // Connect: the whole desired state arrives with its revision.
+    let agent = sim::start(s.channel.clone(), me.clone(), Behaviour::default());
+    let now = s.node.dispatcher.state().revision;
+    applied(&agent, now).await;
+    let state = agent.last_state.borrow().clone().expect("a state");
+    assert!(state.revision >= now);
+    let exporter = &state.agent_processes[&exporter_id];
+    assert_eq!(exporter.r#type, inv::AgentType::MysqldExporter as i32);
+    // Push mode by default: the exporter listens on loopback for the agent's vmagent.
+    assert!(
+        exporter
+            .args
+            .iter()
+            .any(|a| a == "--web.listen-address=127.0.0.1:{{ .listen_port }}"),
+        "{:?}",
+        exporter.args
+    );
+    let mut sorted = exporter.args.clone();
+    sorted.sort();
+    assert_eq!(exporter.args, sorted, "args are sorted");
+    assert!(
+        exporter
+            .env
+            .iter()
+            .any(|e| e == "DATA_SOURCE_NAME=pmm:s3cret-pw@tcp(10.9.9.9:3306)/?timeout=1s"),
+        "{:?}",
+        exporter.env
+    );
+    assert!(exporter.redact_words.contains(&"s3cret-pw".to_owned()));
+    assert!(
+        state
+            .agent_processes
+            .values()
+            .any(|p| p.r#type == inv::AgentType::NodeExporter as i32)
+    );
+    assert!(
+        state
+            .agent_processes
+            .values()
+            .any(|p| p.r#type == inv::AgentType::VmAgent as i32)
+    );
+    let qan = &state.builtin_agents[&qan_id];
+    assert!(
+        qan.dsn.contains("clientFoundRows=true&parseTime=true"),
+        "{}",
+        qan.dsn
+    );
+
+    // Reports are recorded: connected, every process RUNNING on its port, the applied revision.
+    let path = format!("/v1/query/pmm-agents/{}", me.agent_id);
+    wait_until("reports recorded", DEADLINE, || {
+        let s = &s;
+        let path = path.clone();
+        async move {
+            let v = query(s, &path).await;
+            let p = &v["pmm_agent"];
+            p["connected"] == true
+                && p["agents"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .filter(|c| c["agent_type"] != "qan-mysql-perfschema-agent")
+                        .all(|c| {
+                            c["status"] == "AGENT_STATUS_RUNNING"
+                                && c["listen_port"].as_u64().is_some_and(|p| p >= 42000)
+                        })
+                })
+                && p["stream"]["applied_revision"].as_i64() >= Some(now)
+        }
+    })
+    .await;
+    let v = query(&s, &path).await;
+    assert_eq!(v["pmm_agent"]["version"], "3.5.0");
+    assert!(v["pmm_agent"]["stream"]["desired_revision"].as_i64() >= Some(now));
+
+    // A change elsewhere (the other node's agent) sends me nothing; a change to my exporter
+    // sends me a new state without it.
+    settled(&s, &[&me.agent_id]).await;
+    let states_before = agent.seen.states.load(Ordering::SeqCst);
+    let peer = sim::start(s.channel.clone(), other.clone(), Behaviour::default());
+    applied(&peer, s.node.dispatcher.state().revision).await;
+    settled(&s, &[&other.agent_id]).await;
+    let mut agents = inv::agents_service_client::AgentsServiceClient::new(s.channel.clone());
+    let resp = agents
+        .change_agent(authed(
+            inv::ChangeAgentRequest {
+                agent_id: exporter_id.clone(),
+                agent: Some(inv::change_agent_request::Agent::MysqldExporter(
+                    inv::ChangeMySqLdExporterParams {
+                        enable: Some(false),
+                        ..Default::default()
+                    },
+                )),
+            },
+            &s.admin,
+        ))
+        .await
+        .expect("disabled");
+    let disabled_at: i64 = revision_of(&resp);
+    applied(&agent, disabled_at).await;
+    settled(&s, &[&me.agent_id, &other.agent_id]).await;
+    let state = agent.last_state.borrow().clone().expect("state");
+    assert!(
+        !state.agent_processes.contains_key(&exporter_id),
+        "a disabled exporter is not run"
+    );
+    assert_eq!(
+        agent.seen.states.load(Ordering::SeqCst),
+        states_before + 1,
+        "one new state: the peer's connection and reports did not reach me"
+    );
+
+    // A second connection while the first answers pings is refused.
+    let twin = sim::start(
+        s.channel.clone(),
+        me.clone(),
+        Behaviour {
+            reconnect: false,
+            ..Behaviour::default()
+        },
+    );
+    assert_eq!(ended(&twin).await.code(), Code::AlreadyExists);
+
+    // A payload the server does not serve is answered UNIMPLEMENTED with its id; so is an
+    // empty one. Job messages (id 0) get no answer.
+    peer.stop();
+    let peer_bearer = format!("Bearer {}", other.token);
+    wait_until("the peer's old stream is gone", DEADLINE, || {
+        let s = &s;
+        let id = other.agent_id.clone();
+        async move {
+            query(s, &format!("/v1/query/pmm-agents/{id}")).await["pmm_agent"]["stream"].is_null()
+        }
+    })
+    .await;
+    let mut raw = raw_connect(
+        &s,
+        &[
+            ("pmm-agent-id", &other.agent_id),
+            ("pmm-agent-version", "3.0.0"),
+            ("authorization", &peer_bearer),
+        ],
+        vec![
+            ag::AgentMessage {
+                id: 0,
+                payload: None,
+                status: None,
+            },
+            ag::AgentMessage {
+                id: 77,
+                payload: None,
+                status: None,
+            },
+        ],
+    )
+    .await
+    .expect("raw connect");
+    let mut unimplemented = None;
+    while let Some(m) = raw.message().await.expect("message") {
+        if m.id == 77 {
+            unimplemented = Some(m);
+            break;
+        }
+        assert_ne!(m.id, 0, "job messages are not answered");
+    }
+    let m = unimplemented.expect("an answer to 77");
+    assert_eq!(m.status.expect("status").code, Code::Unimplemented as i32);
+    drop(raw);
+
+    // Disconnect: the pmm-agent is recorded disconnected, what it runs UNKNOWN.
+    agent.stop();
+    wait_until("the disconnect recorded", DEADLINE, || {
+        let s = &s;
+        let path = path.clone();
+        async move {
+            let v = query(s, &path).await;
+            v["pmm_agent"]["connected"] == false
+                && v["pmm_agent"]["agents"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(|c| c["status"] == "AGENT_STATUS_UNKNOWN"))
+        }
+    })
+    .await;
+
+    // Reconnect, then removal kicks the stream at once.
+    let agent = sim::start(
+        s.channel.clone(),
+        me.clone(),
+        Behaviour {
+            reconnect: false,
+            ..Behaviour::default()
+        },
+    );
+    applied(&agent, s.node.dispatcher.state().revision).await;
+    management
+        .unregister_node(authed(
+            mgmt::UnregisterNodeRequest {
+                node_id: state_node_of(&s, &me),
+                force: true,
+            },
+            &s.admin,
+        ))
+        .await
+        .expect("unregistered");
+    let st = ended(&agent).await;
+    assert_eq!(st.code(), Code::Aborted, "{st:?}");
+    let err = raw_connect(
+        &s,
+        &[
+            ("pmm-agent-id", &me.agent_id),
+            ("pmm-agent-version", "3.0.0"),
+            ("authorization", &bearer),
+        ],
+        vec![],
+    )
+    .await
+    .expect_err("a removed pmm-agent is refused");
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+fn state_node_of(s: &Server, id: &Identity) -> String {
+    let state = s.node.dispatcher.state();
+    state.agents[&pmmcp::domain::AgentId::from(id.agent_id.as_str())]
+        .runs_on_node_id
+        .clone()
+        .expect("node")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_register_node_answers_the_same_token() {
+    let s = server().await;
+    let mut management =
+        mgmt::management_service_client::ManagementServiceClient::new(s.channel.clone());
+    let req = || {
+        let mut r = authed(
+            mgmt::RegisterNodeRequest {
+                node_type: inv::NodeType::GenericNode as i32,
+                node_name: "resent".into(),
+                address: "10.1.1.1".into(),
+                ..Default::default()
+            },
+            &s.admin,
+        );
+        r.metadata_mut().insert(
+            "x-pmm-command-id",
+            "register-resent-1".parse().expect("ascii"),
+        );
+        r
+    };
+    let first = management
+        .register_node(req())
+        .await
+        .expect("first")
+        .into_inner();
+    let again = management
+        .register_node(req())
+        .await
+        .expect("resend")
+        .into_inner();
+    assert!(!first.token.is_empty());
+    assert_eq!(first.token, again.token);
+    let id = Identity {
+        agent_id: first.pmm_agent.expect("pmm-agent").agent_id,
+        token: first.token,
+    };
+    let agent = sim::start(s.channel.clone(), id, Behaviour::default());
+    applied(&agent, 1).await;
+}
+
+/// A thousand fake pmm-agents on one node, pushing their metrics: each gets its state; one
+/// settings change that alters resolutions reaches every agent; a change to one agent's
+/// inventory reaches that agent only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_agents_get_their_states_and_only_affecting_changes() {
+    const N: usize = 1000;
+    let s = server().await;
+    let management =
+        mgmt::management_service_client::ManagementServiceClient::new(s.channel.clone());
+    // Push mode: each node_exporter is scraped by its pmm-agent's vmagent, so resolutions
+    // reach every agent's state.
+    let ids: Vec<Identity> = {
+        let mut out = Vec::with_capacity(N);
+        for chunk in 0..N / 100 {
+            let calls = (0..100).map(|i| {
+                let mut m = management.clone();
+                let admin = s.admin.clone();
+                let n = chunk * 100 + i;
+                async move {
+                    let r = m
+                        .register_node(authed(
+                            mgmt::RegisterNodeRequest {
+                                node_type: inv::NodeType::GenericNode as i32,
+                                node_name: format!("push-{n}"),
+                                address: format!("10.2.{}.{}", n / 256, n % 256),
+                                metrics_mode: mgmt::MetricsMode::Push as i32,
+                                ..Default::default()
+                            },
+                            &admin,
+                        ))
+                        .await
+                        .expect("registered")
+                        .into_inner();
+                    Identity {
+                        agent_id: r.pmm_agent.expect("pmm-agent").agent_id,
+                        token: r.token,
+                    }
+                }
+            });
+            for id in futures_join(calls).await {
+                out.push(id);
+            }
+        }
+        out
+    };
+    // Real pmm-agents each have their own connection; HTTP/2 caps the streams of one
+    // connection (200 here), so the fakes share one connection per 100.
+    let channels: Vec<Channel> = (0..N.div_ceil(100))
+        .map(|_| {
+            Channel::from_shared(s.base.clone())
+                .expect("uri")
+                .connect_lazy()
+        })
+        .collect();
+    let agents: Vec<SimAgent> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| sim::start(channels[i / 100].clone(), id.clone(), Behaviour::default()))
+        .collect();
+    // Everyone has a state whose vmagent file scrapes its node_exporter on the reported port.
+    wait_until(
+        "every agent's vmagent scrapes its exporter",
+        Duration::from_secs(120),
+        || {
+            let done = agents.iter().all(|a| {
+                a.last_state.borrow().as_ref().is_some_and(|st| {
+                    st.agent_processes.values().any(|p| {
+                        p.r#type == inv::AgentType::VmAgent as i32
+                            && p.text_files
+                                .get("vmagentscrapecfg")
+                                .is_some_and(|t| t.contains("127.0.0.1:4200"))
+                    })
+                })
+            });
+            async move { done }
+        },
+    )
+    .await;
+    let counts: Vec<u64> = agents
+        .iter()
+        .map(|a| a.seen.states.load(Ordering::SeqCst))
+        .collect();
+
+    // One settings change (the high resolution): every agent gets a new state.
+    let mut server_svc =
+        pmmcp::grpc::pb::server::v1::server_service_client::ServerServiceClient::new(
+            s.channel.clone(),
+        );
+    let resp = server_svc
+        .change_settings(authed(
+            pmmcp::grpc::pb::server::v1::ChangeSettingsRequest {
+                metrics_resolutions: Some(pmmcp::grpc::pb::server::v1::MetricsResolutions {
+                    hr: Some(pbjson_types::Duration {
+                        seconds: 7,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &s.admin,
+        ))
+        .await
+        .expect("settings");
+    let at: i64 = revision_of(&resp);
+    for a in &agents {
+        applied(a, at).await;
+        let st = a.last_state.borrow().clone().expect("state");
+        let vmagent = st
+            .agent_processes
+            .values()
+            .find(|p| p.r#type == inv::AgentType::VmAgent as i32)
+            .expect("vmagent");
+        assert!(vmagent.text_files["vmagentscrapecfg"].contains("scrape_interval: 7s"));
+    }
+    let after_settings: Vec<u64> = agents
+        .iter()
+        .map(|a| a.seen.states.load(Ordering::SeqCst))
+        .collect();
+    for (b, a) in counts.iter().zip(&after_settings) {
+        assert_eq!(*a, b + 1, "exactly one new state per agent");
+    }
+
+    // One agent's inventory change reaches that agent only.
+    let target = &agents[N / 2];
+    let node_exporter = target
+        .last_state
+        .borrow()
+        .as_ref()
+        .and_then(|st| {
+            st.agent_processes
+                .iter()
+                .find(|(_, p)| p.r#type == inv::AgentType::NodeExporter as i32)
+                .map(|(k, _)| k.clone())
+        })
+        .expect("node_exporter");
+    let mut inventory = inv::agents_service_client::AgentsServiceClient::new(s.channel.clone());
+    let resp = inventory
+        .change_agent(authed(
+            inv::ChangeAgentRequest {
+                agent_id: node_exporter,
+                agent: Some(inv::change_agent_request::Agent::NodeExporter(
+                    inv::ChangeNodeExporterParams {
+                        custom_labels: Some(pmmcp::grpc::pb::common::StringMap {
+                            values: [("rack".to_owned(), "r7".to_owned())].into(),
+                        }),
+                        ..Default::default()
+                    },
+                )),
+            },
+            &s.admin,
+        ))
+        .await
+        .expect("changed");
+    let at: i64 = revision_of(&resp);
+    applied(target, at).await;
+    // The barrier: every stream has compared its state at the change's revision, and every
+    // state it sent has been answered (the fake agents count a state before answering it).
+    wait_until(
+        "every stream evaluated the change and was answered",
+        DEADLINE,
+        || {
+            let s = &s;
+            async move {
+                let v = query(s, "/v1/query/pmm-agents").await;
+                v["pmm_agents"].as_array().is_some_and(|all| {
+                    all.iter().filter(|p| !p["stream"].is_null()).count() == N
+                        && all.iter().filter(|p| !p["stream"].is_null()).all(|p| {
+                            let st = &p["stream"];
+                            st["evaluated_revision"].as_i64() >= Some(at)
+                                && st["applied_revision"] == st["desired_revision"]
+                        })
+                })
+            }
+        },
+    )
+    .await;
+    let final_counts: Vec<u64> = agents
+        .iter()
+        .map(|a| a.seen.states.load(Ordering::SeqCst))
+        .collect();
+    let changed: Vec<usize> = final_counts
+        .iter()
+        .zip(&after_settings)
+        .enumerate()
+        .filter(|(_, (f, a))| f != a)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        changed,
+        vec![N / 2],
+        "only the changed agent got a new state"
+    );
+}
+
+/// Runs futures concurrently and returns their outputs in order.
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
