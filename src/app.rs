@@ -44,6 +44,8 @@ pub async fn run(command: CliCommand) -> anyhow::Result<()> {
         CliCommand::BenchCluster(args) => crate::bench_cluster::run(args).await,
         CliCommand::BenchApi(args) => crate::bench_api::run(args).await,
         CliCommand::BenchFiles(args) => crate::bench_files::run(args).await,
+        CliCommand::BenchAgents(args) => crate::bench_agents::run(args).await,
+        CliCommand::SimulateAgents(args) => crate::agents::sim::run_cli(args).await,
         CliCommand::Cluster(args) => crate::cluster::run(args).await,
         CliCommand::Token(args) => crate::cluster::token(args).await,
         CliCommand::Admin(args) => crate::admin::run(args).await,

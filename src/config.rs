@@ -43,6 +43,12 @@ pub enum CliCommand {
     /// Measure rendering the scrape configuration beside plain JSON, and the time from an
     /// acknowledged command to the file on disk.
     BenchFiles(BenchFilesArgs),
+    /// Measure pmm-agent streams: server memory per idle stream, fan-out of one change to
+    /// every agent, and reconnection after a restart, each beside a baseline.
+    BenchAgents(BenchAgentsArgs),
+    /// Run fake pmm-agents against a server (tests, demos): register N nodes, connect, apply
+    /// states, report statuses, reconnect.
+    SimulateAgents(SimulateAgentsArgs),
     /// Measure dispatch throughput and latency, and rebuild speed, beside a raw PostgreSQL
     /// baseline on the same server.
     Bench(BenchArgs),
@@ -330,6 +336,45 @@ pub struct BenchClusterArgs {
     /// Concurrent clients of each measurement (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64])]
     pub clients: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchAgentsArgs {
+    /// An existing PostgreSQL server; the benchmark creates and drops its database there.
+    #[arg(
+        long,
+        env = "PMM_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+    /// Fake pmm-agents.
+    #[arg(long, default_value_t = 10_000)]
+    pub agents: usize,
+    /// Rounds of the fan-out and ping measurements.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulateAgentsArgs {
+    /// The server's public API.
+    #[arg(long, default_value = "http://127.0.0.1:7772")]
+    pub api: String,
+    /// An admin token (to register the nodes), or `@FILE` to read it from a file.
+    #[arg(long, env = "PMM_CP_TOKEN")]
+    pub token: String,
+    /// Fake pmm-agents (and nodes registered for them).
+    #[arg(long, default_value_t = 10)]
+    pub count: usize,
+    /// Node names are `<prefix>-<i>`.
+    #[arg(long, default_value = "sim")]
+    pub prefix: String,
+    /// Report every process WAITING, then RUNNING, on each new state.
+    #[arg(long)]
+    pub flap: bool,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long)]
+    pub seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -24,6 +24,7 @@ pub mod agents;
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod bench_agents;
 pub mod bench_api;
 pub mod bench_cluster;
 pub mod bench_files;

@@ -685,3 +685,127 @@ where
     }
     out
 }
+
+/// Agents on a follower of a three-node cluster; the leader is stopped: the agents stay, a
+/// change made after the failover reaches all of them, and the statuses they reported before
+/// and after are in every surviving node's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_on_a_follower_survive_the_leaders_failover() {
+    const N: usize = 20;
+    let mut nodes = support::cluster::three_nodes(support::cluster::Opts::default()).await;
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    let leader = support::cluster::wait_for_leader(&refs, DEADLINE).await;
+    let follower = (leader + 1) % 3;
+    let witness = (leader + 2) % 3;
+    let addr = nodes[follower].serve_public().await;
+    let admin = nodes[follower].token("admin", Role::Admin).await;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_lazy();
+    let ids = sim::register(channel.clone(), &admin, "ha", N)
+        .await
+        .expect("registered");
+    let agents: Vec<SimAgent> = ids
+        .iter()
+        .map(|id| sim::start(channel.clone(), id.clone(), Behaviour::default()))
+        .collect();
+    // Every agent's exporters RUNNING with a port, on the witness node (through the log).
+    let running = |node: &TestNode| {
+        let st = node.dispatcher.state();
+        ids.iter().all(|id| {
+            let children = st.children_of(&pmmcp::domain::AgentId::from(id.agent_id.as_str()));
+            !children.is_empty()
+                && children.iter().all(|c| {
+                    st.agents.get(c).is_some_and(|a| {
+                        a.status == pmmcp::domain::AgentStatus::Running && a.listen_port.is_some()
+                    })
+                })
+        })
+    };
+    wait_until("statuses recorded before the failover", DEADLINE, || {
+        let ok = running(&nodes[witness]);
+        async move { ok }
+    })
+    .await;
+
+    // Stop the leader; a new one is elected among the other two.
+    let old_leader = nodes.remove(leader);
+    old_leader.stop().await;
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    support::cluster::wait_for_leader(&refs, Duration::from_secs(30)).await;
+    // Indexes among the two survivors.
+    let (follower, witness) = (
+        follower - usize::from(follower > leader),
+        witness - usize::from(witness > leader),
+    );
+
+    // A change after the failover (through the follower) reaches every agent.
+    let mut server_svc =
+        pmmcp::grpc::pb::server::v1::server_service_client::ServerServiceClient::new(
+            channel.clone(),
+        );
+    let resp = server_svc
+        .change_settings(authed(
+            pmmcp::grpc::pb::server::v1::ChangeSettingsRequest {
+                metrics_resolutions: Some(pmmcp::grpc::pb::server::v1::MetricsResolutions {
+                    hr: Some(pbjson_types::Duration {
+                        seconds: 9,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect("settings after the failover");
+    let at = revision_of(&resp);
+    for a in &agents {
+        applied(a, at).await;
+    }
+    // A report after the failover is recorded too: one agent's exporter flaps.
+    let target = &agents[0];
+    let exporter = target
+        .last_state
+        .borrow()
+        .as_ref()
+        .and_then(|st| {
+            st.agent_processes
+                .iter()
+                .find(|(_, p)| p.r#type == inv::AgentType::NodeExporter as i32)
+                .map(|(k, _)| k.clone())
+        })
+        .expect("node_exporter");
+    let mut inventory = inv::agents_service_client::AgentsServiceClient::new(channel.clone());
+    for enable in [false, true] {
+        inventory
+            .change_agent(authed(
+                inv::ChangeAgentRequest {
+                    agent_id: exporter.clone(),
+                    agent: Some(inv::change_agent_request::Agent::NodeExporter(
+                        inv::ChangeNodeExporterParams {
+                            enable: Some(enable),
+                            ..Default::default()
+                        },
+                    )),
+                },
+                &admin,
+            ))
+            .await
+            .expect("toggled");
+    }
+    // Statuses from before the failover and after it are in both surviving nodes' states.
+    for i in [follower, witness] {
+        let node = &nodes[i];
+        wait_until("statuses after the failover", DEADLINE, || {
+            let ok = running(node);
+            async move { ok }
+        })
+        .await;
+    }
+    let st = nodes[witness].dispatcher.state();
+    for id in &ids {
+        assert!(st.agents[&pmmcp::domain::AgentId::from(id.agent_id.as_str())].connected);
+    }
+}

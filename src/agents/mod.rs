@@ -17,6 +17,7 @@
 
 pub mod desired;
 pub mod reports;
+mod service;
 pub mod sim;
 
 use crate::commands::agent_reports::{AgentReport, Connection};
@@ -25,8 +26,7 @@ use crate::crypto::Cipher;
 use crate::domain::agent::AgentStatus;
 use crate::domain::{AgentId, AgentType, Role, State};
 use crate::grpc::pb::agent::v1::{
-    AgentMessage, Ping, Pong, ServerMessage, SetStateRequest, StateChangedResponse, agent_message,
-    server_message,
+    AgentMessage, Ping, Pong, ServerMessage, StateChangedResponse, agent_message, server_message,
 };
 use crate::grpc::pb::google::rpc::Status as RpcStatus;
 use crate::grpc::pb::inventory::v1::AgentStatus as PbStatus;
@@ -114,11 +114,8 @@ impl AgentServer {
     }
 
     /// The tonic service to mount.
-    pub fn service(
-        self,
-    ) -> crate::grpc::pb::agent::v1::agent_service_server::AgentServiceServer<Self> {
-        crate::grpc::pb::agent::v1::agent_service_server::AgentServiceServer::new(self)
-            .max_decoding_message_size(crate::grpc::MAX_REQUEST_BYTES)
+    pub fn service(self) -> service::AgentGrpc {
+        service::AgentGrpc(self)
     }
 
     /// Checks the metadata of a Connect call: who the agent is and that its token is its own.
@@ -203,14 +200,19 @@ impl AgentServer {
 
 type ConnectStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send + 'static>>;
 
-#[tonic::async_trait]
-impl crate::grpc::pb::agent::v1::agent_service_server::AgentService for AgentServer {
-    type ConnectStream = ConnectStream;
+/// What a stream's outbox holds: boxed, so the queue's slots stay small.
+enum Outgoing {
+    Message(Box<ServerMessage>),
+    End(Box<Status>),
+}
 
+impl AgentServer {
+    /// `Connect`: authenticates, takes over a dead stream of the same agent, registers the new
+    /// one and starts its task.
     async fn connect(
         &self,
         request: Request<Streaming<AgentMessage>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
+    ) -> Result<Response<ConnectStream>, Status> {
         let state = self.dispatcher.state();
         let (id, version) = self.authenticate(request.metadata(), &state)?;
         self.take_over(&id).await?;
@@ -279,9 +281,13 @@ impl crate::grpc::pb::agent::v1::agent_service_server::AgentService for AgentSer
             inputs: Vec::new(),
         };
         tokio::spawn(stream.run(kick_rx, probe_rx));
-        let mut resp = Response::new(
-            Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx)) as ConnectStream,
-        );
+        let mut resp = Response::new(Box::pin(tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+            |o| match o {
+                Outgoing::Message(m) => Ok(*m),
+                Outgoing::End(s) => Err(*s),
+            },
+        )) as ConnectStream);
         let md = resp.metadata_mut();
         for (k, v) in [
             ("pmm-agent-node-id", node_id.to_string()),
@@ -302,7 +308,7 @@ struct Stream_ {
     id: AgentId,
     session: String,
     inbound: Streaming<AgentMessage>,
-    out: mpsc::Sender<Result<ServerMessage, Status>>,
+    out: mpsc::Sender<Outgoing>,
     next_id: u32,
     /// Our pings awaiting a Pong: request id -> when sent.
     pending_pings: HashMap<u32, (Instant, chrono::DateTime<chrono::Utc>)>,
@@ -311,7 +317,8 @@ struct Stream_ {
     /// Takeover probes waiting for the next Pong.
     probes: Vec<oneshot::Sender<bool>>,
     last_heard: Instant,
-    last_sent: Option<SetStateRequest>,
+    /// SHA-256 of the last desired state sent (without its revision).
+    last_sent: Option<[u8; 32]>,
     /// Identities of what the last desired state was rendered from.
     inputs: Vec<usize>,
 }
@@ -333,14 +340,18 @@ impl Stream_ {
         ticker.tick().await;
         let end = loop {
             // The desired state first (on connect, and after every change that affects us).
-            let state = states.borrow_and_update().clone();
-            if !state.agents.contains_key(&self.id) {
-                break End::Kicked("pmm-agent removed.");
+            // The snapshot is dropped before waiting: an idle stream holding an old revision
+            // would keep that revision's copied paths of the state alive.
+            {
+                let state = states.borrow_and_update().clone();
+                if !state.agents.contains_key(&self.id) {
+                    break End::Kicked("pmm-agent removed.");
+                }
+                if let Err(end) = self.maybe_send_state(&state).await {
+                    break end;
+                }
+                self.update_info(|i| i.evaluated_revision = state.revision);
             }
-            if let Err(end) = self.maybe_send_state(&state).await {
-                break end;
-            }
-            self.update_info(|i| i.evaluated_revision = state.revision);
             tokio::select! {
                 msg = self.inbound.message() => match msg {
                     Ok(Some(m)) => {
@@ -377,7 +388,9 @@ impl Stream_ {
         }
         match end {
             End::Kicked(why) => {
-                let _ = self.out.try_send(Err(Status::aborted(why)));
+                let _ = self
+                    .out
+                    .try_send(Outgoing::End(Box::new(Status::aborted(why))));
             }
             End::Dead => {
                 tracing::info!(pmm_agent = %self.id, "pmm-agent stopped answering; stream closed")
@@ -413,7 +426,10 @@ impl Stream_ {
     }
 
     async fn send(&self, msg: ServerMessage) -> Result<(), End> {
-        self.out.send(Ok(msg)).await.map_err(|_| End::Closed)
+        self.out
+            .send(Outgoing::Message(Box::new(msg)))
+            .await
+            .map_err(|_| End::Closed)
     }
 
     fn update_info(&self, f: impl FnOnce(&mut StreamInfo)) {
@@ -453,17 +469,19 @@ impl Stream_ {
         }
         self.inputs = inputs;
         let mut desired = desired::render(state, &self.server.cipher, &self.id);
-        if let Some(last) = &self.last_sent {
-            let same = last.agent_processes == desired.agent_processes
-                && last.builtin_agents == desired.builtin_agents;
-            if same {
-                return Ok(());
-            }
+        // The message encodes the same bytes for the same content (sorted maps), so its hash
+        // stands in for the last message sent.
+        let hash: [u8; 32] = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(prost::Message::encode_to_vec(&desired)).into()
+        };
+        if self.last_sent == Some(hash) {
+            return Ok(());
         }
         desired.revision = state.revision;
         let id = self.next_id();
         self.pending_states.insert(id, state.revision);
-        self.last_sent = Some(desired.clone());
+        self.last_sent = Some(hash);
         self.update_info(|i| i.desired_revision = state.revision);
         self.send(ServerMessage {
             id,
@@ -547,7 +565,7 @@ impl Stream_ {
                             details: Vec::new(),
                         }),
                     };
-                    let _ = out.send(Ok(msg)).await;
+                    let _ = out.send(Outgoing::Message(Box::new(msg))).await;
                 });
                 Ok(())
             }

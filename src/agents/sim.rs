@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Channel;
 
 /// One fake pmm-agent's identity.
@@ -42,12 +42,39 @@ pub struct SimAgent {
     /// How the last stream ended (`None` while connected or before the first).
     pub ended: watch::Receiver<Option<tonic::Status>>,
     pub seen: Arc<Seen>,
+    pings: mpsc::Sender<oneshot::Sender<Duration>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl SimAgent {
     pub fn stop(&self) {
         self.task.abort();
+    }
+
+    /// A handle that makes this agent ping the server.
+    pub fn pinger(&self) -> Pinger {
+        Pinger {
+            tx: self.pings.clone(),
+        }
+    }
+}
+
+/// Makes a fake agent ping the server on its live stream.
+#[derive(Clone)]
+pub struct Pinger {
+    tx: mpsc::Sender<oneshot::Sender<Duration>>,
+}
+
+impl Pinger {
+    /// Sends a Ping and waits for the Pong: the round trip (`None` when not connected or not
+    /// answered within 30 s).
+    pub async fn ping(&self) -> Option<Duration> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(tx).await.ok()?;
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .ok()?
+            .ok()
     }
 }
 
@@ -129,14 +156,18 @@ pub fn start(channel: Channel, identity: Identity, behaviour: Behaviour) -> SimA
     let (state_tx, last_state) = watch::channel(None);
     let (ended_tx, ended) = watch::channel(None);
     let seen = Arc::new(Seen::default());
+    let (pings, pings_rx) = mpsc::channel(1);
     let task = tokio::spawn(run(
         channel,
         identity.clone(),
         behaviour,
-        applied_tx,
-        state_tx,
-        ended_tx,
-        seen.clone(),
+        Outputs {
+            applied: applied_tx,
+            last_state: state_tx,
+            ended: ended_tx,
+            seen: seen.clone(),
+        },
+        pings_rx,
     ));
     SimAgent {
         identity,
@@ -144,31 +175,32 @@ pub fn start(channel: Channel, identity: Identity, behaviour: Behaviour) -> SimA
         last_state,
         ended,
         seen,
+        pings,
         task,
     }
+}
+
+/// Where a fake agent publishes what it sees.
+struct Outputs {
+    applied: watch::Sender<i64>,
+    last_state: watch::Sender<Option<SetStateRequest>>,
+    ended: watch::Sender<Option<tonic::Status>>,
+    seen: Arc<Seen>,
 }
 
 async fn run(
     channel: Channel,
     identity: Identity,
     behaviour: Behaviour,
-    applied: watch::Sender<i64>,
-    last_state: watch::Sender<Option<SetStateRequest>>,
-    ended: watch::Sender<Option<tonic::Status>>,
-    seen: Arc<Seen>,
+    out: Outputs,
+    mut pings: mpsc::Receiver<oneshot::Sender<Duration>>,
 ) {
     let mut delay = Duration::from_millis(100);
     // Ports stay with their process across reconnects, as pmm-agent keeps them.
     let mut ports: BTreeMap<String, u32> = BTreeMap::new();
     loop {
         let outcome = session(
-            &channel,
-            &identity,
-            &behaviour,
-            &applied,
-            &last_state,
-            &seen,
-            &mut ports,
+            &channel, &identity, &behaviour, &out, &mut ports, &mut pings,
         )
         .await;
         let status = match outcome {
@@ -181,7 +213,7 @@ async fn run(
                 | tonic::Code::Unauthenticated
                 | tonic::Code::InvalidArgument
         );
-        let _ = ended.send(Some(status));
+        let _ = out.ended.send(Some(status));
         if !behaviour.reconnect || refused {
             return;
         }
@@ -195,11 +227,11 @@ async fn session(
     channel: &Channel,
     identity: &Identity,
     behaviour: &Behaviour,
-    applied: &watch::Sender<i64>,
-    last_state: &watch::Sender<Option<SetStateRequest>>,
-    seen: &Seen,
+    out: &Outputs,
     ports: &mut BTreeMap<String, u32>,
+    pings: &mut mpsc::Receiver<oneshot::Sender<Duration>>,
 ) -> Result<(), tonic::Status> {
+    let (applied, last_state, seen) = (&out.applied, &out.last_state, &out.seen);
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let mut req = bearer(
         tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -216,6 +248,7 @@ async fn session(
     let mut client = AgentServiceClient::new(channel.clone());
     let mut inbound = client.connect(req).await?.into_inner();
     seen.connects.fetch_add(1, Ordering::Relaxed);
+    let _ = out.ended.send(None);
     let _ = tx
         .send(AgentMessage {
             id: 1,
@@ -224,9 +257,33 @@ async fn session(
         })
         .await;
     let mut next_id = 2u32;
-    while let Some(msg) = inbound.message().await? {
+    let mut my_pings: std::collections::HashMap<
+        u32,
+        (std::time::Instant, oneshot::Sender<Duration>),
+    > = std::collections::HashMap::new();
+    loop {
+        let msg = tokio::select! {
+            msg = inbound.message() => match msg? {
+                Some(m) => m,
+                None => break,
+            },
+            Some(reply) = pings.recv() => {
+                let id = next_id;
+                next_id = next_id.wrapping_add(1).max(2);
+                my_pings.insert(id, (std::time::Instant::now(), reply));
+                let _ = tx
+                    .send(AgentMessage { id, payload: Some(agent_message::Payload::Ping(Ping {})), status: None })
+                    .await;
+                continue;
+            }
+        };
         use server_message::Payload as P;
         match msg.payload {
+            Some(P::Pong(_)) => {
+                if let Some((sent, reply)) = my_pings.remove(&msg.id) {
+                    let _ = reply.send(sent.elapsed());
+                }
+            }
             Some(P::Ping(_)) => {
                 let now = chrono::Utc::now();
                 let pong = Pong {
@@ -340,4 +397,57 @@ where
         }
     }
     out
+}
+
+/// `pmm-cp simulate-agents`: registers `count` nodes, runs a fake pmm-agent for each, and
+/// prints a line of counts every 5 s until interrupted (or `--seconds`).
+pub async fn run_cli(args: crate::config::SimulateAgentsArgs) -> anyhow::Result<()> {
+    let token = match args.token.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)?.trim().to_owned(),
+        None => args.token.clone(),
+    };
+    let channels: Vec<Channel> = (0..args.count.div_ceil(100).max(1))
+        .map(|_| Ok(Channel::from_shared(args.api.clone())?.connect_lazy()))
+        .collect::<anyhow::Result<_>>()?;
+    let ids = register(channels[0].clone(), &token, &args.prefix, args.count).await?;
+    println!("registered {} nodes", ids.len());
+    let behaviour = Behaviour {
+        flap: args.flap,
+        ..Behaviour::default()
+    };
+    let agents: Vec<SimAgent> = ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| start(channels[i / 100].clone(), id, behaviour.clone()))
+        .collect();
+    let until = args
+        .seconds
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let connected = agents
+            .iter()
+            .filter(|a| a.ended.borrow().is_none() && *a.applied.borrow() > 0)
+            .count();
+        let states: u64 = agents
+            .iter()
+            .map(|a| a.seen.states.load(Ordering::Relaxed))
+            .sum();
+        let connects: u64 = agents
+            .iter()
+            .map(|a| a.seen.connects.load(Ordering::Relaxed))
+            .sum();
+        println!(
+            "agents {} connected-with-state {connected} states {states} connects {connects}",
+            agents.len()
+        );
+        if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+            break;
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,351 @@
+//! `pmm-cp bench-agents`: pmm-agent streams at scale, each figure beside a baseline measured in
+//! the same run. The server is a child `pmm-cp serve` process (so its memory is its own); the
+//! fake agents ([`crate::agents::sim`]) run in this process, 100 per HTTP/2 connection.
+//!
+//! 1. Memory per idle stream: the server's RSS with N agents connected and settled, minus its
+//!    RSS before, over N; beside the same with N bare gRPC streams that only stay open
+//!    (`grpc.health.v1.Health/Watch`) on a fresh server process.
+//! 2. Fan-out: a settings change that alters every agent's state (the high resolution): the
+//!    time from the command's answer to each agent's new state, p50/p99/max; beside a round of
+//!    pings (every agent pings the server at once: the transport's floor for reaching all).
+//! 3. Reconnect: the server is stopped and started again; the time until every agent is
+//!    connected again and has applied a state, from the start of the new process and from its
+//!    readiness.
+
+use crate::agents::sim::{self, Behaviour, Identity, SimAgent};
+use crate::bench::ScratchDb;
+use crate::config::BenchAgentsArgs;
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+struct Server {
+    child: tokio::process::Child,
+    base: String,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `pmm-cp serve` on fixed ports (a restart keeps them) and waits for readiness.
+async fn start_server(
+    db: &str,
+    dir: &Path,
+    ports: (u16, u16, u16),
+) -> anyhow::Result<(Server, Duration)> {
+    let started = Instant::now();
+    let exe = std::env::current_exe().context("the pmm-cp binary")?;
+    let child = tokio::process::Command::new(exe)
+        .arg("serve")
+        .args(["--database-url", db])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--api-addr", &format!("127.0.0.1:{}", ports.0)])
+        .args(["--debug-addr", &format!("127.0.0.1:{}", ports.1)])
+        .args(["--raft-addr", &format!("127.0.0.1:{}", ports.2)])
+        .args(["--vmalert-binary", ""])
+        .env("PMM_CP_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting pmm-cp serve")?;
+    let base = format!("http://127.0.0.1:{}", ports.0);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ok = client
+            .get(format!("{base}/v1/server/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("pmm-cp serve did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((Server { child, base }, started.elapsed()))
+}
+
+impl Server {
+    fn rss_bytes(&self) -> u64 {
+        let Some(pid) = self.child.id() else { return 0 };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+
+    fn channels(&self, n: usize) -> anyhow::Result<Vec<Channel>> {
+        (0..n.div_ceil(100))
+            .map(|_| Ok(Channel::from_shared(self.base.clone())?.connect_lazy()))
+            .collect()
+    }
+}
+
+/// Waits (bounded) until the server's RSS stops growing: two readings 500 ms apart within 1%.
+async fn settled_rss(s: &Server) -> u64 {
+    let mut last = s.rss_bytes();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = s.rss_bytes();
+        if now.abs_diff(last) * 100 <= last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn all_applied(agents: &[SimAgent], at_least: i64, deadline: Duration) -> anyhow::Result<()> {
+    let until = Instant::now() + deadline;
+    for a in agents {
+        let mut rx = a.applied.clone();
+        let left = until.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, rx.wait_for(|r| *r >= at_least))
+            .await
+            .with_context(|| {
+                format!(
+                    "agent {} did not apply revision {at_least} in time",
+                    a.identity.agent_id
+                )
+            })??;
+    }
+    Ok(())
+}
+
+pub async fn run(args: BenchAgentsArgs) -> anyhow::Result<()> {
+    let n = args.agents;
+    let db = ScratchDb::create(&args.database_url, "agents").await?;
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("pmmcp-bench-agents-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ports = (free_port()?, free_port()?, free_port()?);
+    let outcome = measure(&args, n, &db.url, &dir, ports).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop_db().await?;
+    outcome
+}
+
+async fn measure(
+    args: &BenchAgentsArgs,
+    n: usize,
+    db: &str,
+    dir: &Path,
+    ports: (u16, u16, u16),
+) -> anyhow::Result<()> {
+    // Register the agents (RegisterNode answers each pmm-agent's token).
+    let (server, _) = start_server(db, dir, ports).await?;
+    // The admin token is written just after the API starts answering.
+    let token_file = dir.join("admin.token");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !token_file.exists() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin = std::fs::read_to_string(&token_file).context("the admin token")?;
+    let admin = admin.trim().to_owned();
+    let t = Instant::now();
+    let ids: Vec<Identity> =
+        sim::register(server.channels(1)?.remove(0), &admin, "bench", n).await?;
+    println!("registered {n} nodes in {:.1} s", t.elapsed().as_secs_f64());
+    server.stop().await;
+
+    // 1a. Baseline memory: bare idle gRPC streams on a fresh process.
+    let (server, _) = start_server(db, dir, ports).await?;
+    let before = settled_rss(&server).await;
+    let mut watches = Vec::with_capacity(n);
+    for ch in server.channels(n)? {
+        for _ in 0..100 {
+            if watches.len() == n {
+                break;
+            }
+            let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+            watches.push(tokio::spawn(async move {
+                let mut stream = health
+                    .watch(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                // The first status arrives at once; then the stream stays open, idle.
+                stream.message().await?;
+                std::future::pending::<()>().await;
+                Ok::<(), tonic::Status>(())
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with_watches = settled_rss(&server).await;
+    for w in &watches {
+        w.abort();
+    }
+    let baseline_per_stream = with_watches.saturating_sub(before) as f64 / n as f64;
+    server.stop().await;
+
+    // 1b. The agents' streams on a fresh process.
+    let (server, _) = start_server(db, dir, ports).await?;
+    let before_agents = settled_rss(&server).await;
+    let channels = server.channels(n)?;
+    let agents: Vec<SimAgent> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| sim::start(channels[i / 100].clone(), id.clone(), Behaviour::default()))
+        .collect();
+    all_applied(&agents, 1, Duration::from_secs(300)).await?;
+    let with_agents = settled_rss(&server).await;
+    let per_stream = with_agents.saturating_sub(before_agents) as f64 / n as f64;
+
+    // 2a. Baseline: every agent pings at once.
+    let mut rtts = Vec::with_capacity(n);
+    for _round in 0..args.rounds {
+        let mut set = tokio::task::JoinSet::new();
+        for a in &agents {
+            let pinger = a.pinger();
+            set.spawn(async move { pinger.ping().await });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok(Some(d)) = r {
+                rtts.push(d);
+            }
+        }
+    }
+    rtts.sort();
+
+    // 2b. Fan-out of one settings change to every agent.
+    let mut fanout = Vec::with_capacity(n * args.rounds);
+    let mut settings = crate::grpc::pb::server::v1::server_service_client::ServerServiceClient::new(
+        channels[0].clone(),
+    );
+    for round in 0..args.rounds {
+        let hr = 5 + (round as i64 % 2) * 2 + 1;
+        let mut req = tonic::Request::new(crate::grpc::pb::server::v1::ChangeSettingsRequest {
+            metrics_resolutions: Some(crate::grpc::pb::server::v1::MetricsResolutions {
+                hr: Some(pbjson_types::Duration {
+                    seconds: hr,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {admin}").parse()?);
+        let resp = settings.change_settings(req).await?;
+        let acked = Instant::now();
+        let at: i64 = resp
+            .metadata()
+            .get("x-pmm-revision")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .context("x-pmm-revision")?;
+        let mut set = tokio::task::JoinSet::new();
+        for a in &agents {
+            let mut rx = a.applied.clone();
+            set.spawn(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|r| *r >= at)).await;
+                Instant::now()
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok(t) = r {
+                fanout.push(t.saturating_duration_since(acked));
+            }
+        }
+    }
+    fanout.sort();
+
+    // 3. Restart: every agent reconnects and applies a state again.
+    let connects_before: Vec<u64> = agents
+        .iter()
+        .map(|a| a.seen.connects.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    server.stop().await;
+    let restart = Instant::now();
+    let (server, ready_after) = start_server(db, dir, ports).await?;
+    let ready_at = Instant::now();
+    let until = Instant::now() + Duration::from_secs(300);
+    for (a, c) in agents.iter().zip(&connects_before) {
+        while a.seen.connects.load(std::sync::atomic::Ordering::SeqCst) <= *c {
+            if Instant::now() > until {
+                bail!("agent {} did not reconnect", a.identity.agent_id);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let reconnected = Instant::now();
+    for a in &agents {
+        a.stop();
+    }
+    server.stop().await;
+
+    let mb = |b: f64| b / 1024.0;
+    println!(
+        "pmm-cp bench-agents, date {} UTC; {n} fake pmm-agents (100 per HTTP/2 connection), server in its own process",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M")
+    );
+    println!(
+        "memory per idle stream: {:.1} KB (server RSS {:.0} -> {:.0} MB); baseline, bare idle gRPC stream: {:.1} KB ({:.0} -> {:.0} MB)",
+        mb(per_stream),
+        before_agents as f64 / 1048576.0,
+        with_agents as f64 / 1048576.0,
+        mb(baseline_per_stream),
+        before as f64 / 1048576.0,
+        with_watches as f64 / 1048576.0
+    );
+    println!(
+        "fan-out of one settings change to {n} agents ({} rounds): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; baseline, all agents ping at once: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        args.rounds,
+        pct(&fanout, 0.5),
+        pct(&fanout, 0.99),
+        pct(&fanout, 1.0),
+        pct(&rtts, 0.5),
+        pct(&rtts, 0.99),
+        pct(&rtts, 1.0)
+    );
+    println!(
+        "reconnect after a restart: all {n} agents connected {:.1} s after the new process started ({:.1} s after it was ready; startup {:.1} s)",
+        reconnected.duration_since(restart).as_secs_f64(),
+        reconnected.duration_since(ready_at).as_secs_f64(),
+        ready_after.as_secs_f64()
+    );
+    Ok(())
+}
