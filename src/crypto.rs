@@ -59,15 +59,19 @@ impl Cipher {
         }
     }
 
-    /// A pmm-agent's token for the RegisterNode call with this command id: HMAC-SHA256 of the
-    /// id under a key derived from the cluster key. Every node makes the same token for the
-    /// same call, so a resend with the same command id answers the token that was recorded.
-    pub fn agent_token_secret(&self, command_id: &str) -> String {
+    /// A pmm-agent's token for the RegisterNode call with this command id from this actor:
+    /// HMAC-SHA256 of both under a key derived from the cluster key. Every node makes the same
+    /// token for the same call, so the caller's resend with the same command id answers the
+    /// token that was recorded; another caller reusing the id gets a different one (which the
+    /// API then does not answer).
+    pub fn agent_token_secret(&self, command_id: &str, actor: &str) -> String {
         use hmac::{Hmac, Mac};
         let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.agent_token_key[..])
             .expect("HMAC takes a key of any length");
         mac.update(b"pmm-agent token\0");
         mac.update(command_id.as_bytes());
+        mac.update(b"\0");
+        mac.update(actor.as_bytes());
         let bytes = mac.finalize().into_bytes();
         format!(
             "pmmcp_agent_{}",

@@ -809,3 +809,119 @@ async fn agents_on_a_follower_survive_the_leaders_failover() {
         assert!(st.agents[&pmmcp::domain::AgentId::from(id.agent_id.as_str())].connected);
     }
 }
+
+/// pmm-agent's own form of the token (Basic, the token as the password) works; revoking the
+/// token ends the live stream at once and refuses the next; another caller reusing a
+/// RegisterNode command id gets no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_revocation_and_command_id_reuse() {
+    use base64::Engine as _;
+    let s = server().await;
+    let ids = sim::register(s.channel.clone(), &s.admin, "rev", 1)
+        .await
+        .expect("registered");
+    let me = &ids[0];
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("service_token:{}", me.token))
+    );
+    // A request stream kept open (a closed one is a disconnect).
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ag::AgentMessage {
+        id: 1,
+        payload: Some(ag::agent_message::Payload::Ping(ag::Ping {})),
+        status: None,
+    })
+    .await
+    .expect("queued");
+    let mut req = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    for (k, v) in [
+        ("pmm-agent-id", me.agent_id.as_str()),
+        ("pmm-agent-version", "3.0.0"),
+        ("authorization", basic.as_str()),
+    ] {
+        req.metadata_mut().insert(k, v.parse().expect("ascii"));
+    }
+    let mut raw = ag::agent_service_client::AgentServiceClient::new(s.channel.clone())
+        .connect(req)
+        .await
+        .expect("basic auth accepted")
+        .into_inner();
+    // The first messages: the Pong and the desired state, in some order.
+    let mut got_state = false;
+    for _ in 0..2 {
+        let m = raw.message().await.expect("message").expect("a message");
+        got_state |= matches!(m.payload, Some(ag::server_message::Payload::SetState(_)));
+    }
+    assert!(got_state, "the desired state arrived");
+    // Revoke the token: the stream ends, the next connect is refused.
+    s.node
+        .dispatcher
+        .dispatch(
+            pmmcp::commands::Command::RevokeToken(pmmcp::commands::tokens::RevokeToken {
+                token: format!("pmm-agent/{}", me.agent_id),
+            }),
+            pmmcp::commands::CommandMeta::new("test"),
+        )
+        .await
+        .expect("revoked");
+    let end = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match raw.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(st) => return Some(st),
+            }
+        }
+    })
+    .await
+    .expect("the stream ended in time");
+    assert_eq!(end.map(|st| st.code()), Some(Code::Aborted));
+    drop(tx);
+    let err = raw_connect(
+        &s,
+        &[
+            ("pmm-agent-id", &me.agent_id),
+            ("pmm-agent-version", "3.0.0"),
+            ("authorization", &basic),
+        ],
+        vec![],
+    )
+    .await
+    .expect_err("a revoked token is refused");
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Another admin reusing a RegisterNode command id gets no token.
+    let other_admin = s.node.token("admin2", Role::Admin).await;
+    let mut management =
+        mgmt::management_service_client::ManagementServiceClient::new(s.channel.clone());
+    let req = |token: &str| {
+        let mut r = authed(
+            mgmt::RegisterNodeRequest {
+                node_type: inv::NodeType::GenericNode as i32,
+                node_name: "reused".into(),
+                address: "10.1.1.2".into(),
+                ..Default::default()
+            },
+            token,
+        );
+        r.metadata_mut().insert(
+            "x-pmm-command-id",
+            "register-reused-1".parse().expect("ascii"),
+        );
+        r
+    };
+    let first = management
+        .register_node(req(&s.admin))
+        .await
+        .expect("first")
+        .into_inner();
+    assert!(!first.token.is_empty());
+    let reused = management
+        .register_node(req(&other_admin))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert!(reused.token.is_empty(), "no token for another caller");
+    assert!(!reused.warning.is_empty());
+}

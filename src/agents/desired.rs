@@ -18,12 +18,20 @@ use std::collections::BTreeMap;
 /// Where pmm-agent keeps its collectors' files (`paths_base` for agents before 2.23).
 const LEGACY_PATHS_BASE: &str = "/usr/local/percona/pmm";
 
-/// The desired state of `pmm_agent` (without its revision).
-pub fn render(state: &State, cipher: &Cipher, pmm_agent: &AgentId) -> SetStateRequest {
-    let agent_version = state
-        .agents
-        .get(pmm_agent)
-        .and_then(|a| version(a.version.as_deref()));
+/// The desired state of `pmm_agent` (without its revision). `announced` is the version the
+/// agent gave when it connected, which the state may not have recorded yet.
+pub fn render(
+    state: &State,
+    cipher: &Cipher,
+    pmm_agent: &AgentId,
+    announced: Option<&str>,
+) -> SetStateRequest {
+    let agent_version = version(announced).or_else(|| {
+        state
+            .agents
+            .get(pmm_agent)
+            .and_then(|a| version(a.version.as_deref()))
+    });
     let mut out = SetStateRequest::default();
     for id in state.children_of(pmm_agent) {
         let Some(a) = state.agents.get(&id) else {
@@ -187,6 +195,13 @@ impl Ctx<'_> {
         .flatten()
         .filter(|s| !s.is_empty())
         .collect();
+        // DSNs carry passwords percent-encoded: those forms are redacted too.
+        let encoded: Vec<String> = w
+            .iter()
+            .map(|s| enc(s))
+            .filter(|e| !w.contains(e))
+            .collect();
+        w.extend(encoded);
         w.sort();
         w.dedup();
         w

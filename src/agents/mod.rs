@@ -48,6 +48,13 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(30);
 const TAKEOVER_PING: Duration = Duration::from_secs(2);
 /// Messages queued to one agent at most (SetState, pings, answers).
 const OUTBOX: usize = 8;
+/// Reports of one stream waiting to be recorded at most.
+const MAX_OUTSTANDING: usize = 64;
+
+/// A reported string as the log can keep it: no NUL, at most 1,024 characters.
+fn clean(s: &str) -> String {
+    s.chars().filter(|c| *c != '\0').take(1024).collect()
+}
 
 /// What this node knows of one live stream (for status pages and the query API).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -123,7 +130,7 @@ impl AgentServer {
         &self,
         meta: &tonic::metadata::MetadataMap,
         state: &State,
-    ) -> Result<(AgentId, String), Status> {
+    ) -> Result<Authenticated, Status> {
         let text = |k: &str| {
             meta.get(k)
                 .and_then(|v| v.to_str().ok())
@@ -144,15 +151,15 @@ impl AgentServer {
                 version.chars().take(64).collect::<String>()
             )));
         }
-        let secret = text("authorization");
-        let secret = secret.strip_prefix("Bearer ").unwrap_or("").trim();
+        let secret = bearer_or_basic(&text("authorization"));
         if secret.is_empty() {
             return Err(Status::unauthenticated(
-                "a pmm-agent token is required (authorization: Bearer).",
+                "a pmm-agent token is required (authorization: Bearer, or Basic with the token as the password).",
             ));
         }
+        let hash = crate::domain::token::token_hash(&secret);
         let token = state
-            .token_by_hash(&crate::domain::token::token_hash(secret))
+            .token_by_hash(&hash)
             .ok_or_else(|| Status::unauthenticated("unknown or revoked token."))?;
         let agent_id = AgentId::from(id.as_str());
         if token.role != Role::Agent || token.agent_id.as_ref() != Some(&agent_id) {
@@ -172,30 +179,68 @@ impl AgentServer {
                 "pmm-agent has no runs_on_node_id.",
             ));
         }
-        Ok((agent_id, version))
+        Ok(Authenticated {
+            agent_id,
+            version,
+            token_hash: hash,
+        })
     }
 
     /// Makes room for a new stream of `id`: refuses it while the old stream answers a ping,
-    /// else kicks the old one.
+    /// else kicks the old one (only that one: a stream registered meanwhile stays).
     async fn take_over(&self, id: &AgentId) -> Result<(), Status> {
-        let probe = lock(&self.registry).get(id).map(|e| e.probe.clone());
-        let Some(probe) = probe else {
+        let probed = lock(&self.registry)
+            .get(id)
+            .map(|e| (e.probe.clone(), e.info.session.clone()));
+        let Some((probe, session)) = probed else {
             return Ok(());
         };
         let (tx, rx) = oneshot::channel();
-        let alive = probe.send(tx).await.is_ok()
-            && matches!(tokio::time::timeout(TAKEOVER_PING, rx).await, Ok(Ok(true)));
+        let asked = async { probe.send(tx).await.is_ok() && matches!(rx.await, Ok(true)) };
+        let alive = tokio::time::timeout(TAKEOVER_PING, asked)
+            .await
+            .unwrap_or(false);
         if alive {
             return Err(Status::already_exists(format!(
                 "pmm-agent with ID {id:?} is already connected."
             )));
         }
-        let old = lock(&self.registry).remove(id);
+        let old = {
+            let mut reg = lock(&self.registry);
+            let same = reg.get(id).is_some_and(|e| e.info.session == session);
+            if same { reg.remove(id) } else { None }
+        };
         if let Some(kick) = old.and_then(|mut o| o.kick.take()) {
             let _ = kick.send(());
         }
         Ok(())
     }
+}
+
+/// Who a Connect call authenticated as.
+struct Authenticated {
+    agent_id: AgentId,
+    version: String,
+    /// Its token's hash: the stream ends when the token is revoked.
+    token_hash: String,
+}
+
+/// The token of an `authorization` value: `Bearer <token>`, or `Basic base64(user:token)`
+/// (what pmm-agent sends, with the token as the password).
+fn bearer_or_basic(value: &str) -> String {
+    if let Some(t) = value.strip_prefix("Bearer ") {
+        return t.trim().to_owned();
+    }
+    let Some(b) = value.strip_prefix("Basic ") else {
+        return String::new();
+    };
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(b.trim())
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|s| s.split_once(':').map(|(_, p)| p.to_owned()))
+        .unwrap_or_default()
 }
 
 type ConnectStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send + 'static>>;
@@ -214,7 +259,11 @@ impl AgentServer {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<ConnectStream>, Status> {
         let state = self.dispatcher.state();
-        let (id, version) = self.authenticate(request.metadata(), &state)?;
+        let Authenticated {
+            agent_id: id,
+            version,
+            token_hash,
+        } = self.authenticate(request.metadata(), &state)?;
         self.take_over(&id).await?;
         let session = uuid::Uuid::new_v4().to_string();
         let node_id = state
@@ -264,12 +313,15 @@ impl AgentServer {
             pmm_agent_id: id.clone(),
             session: session.clone(),
             connected: true,
-            version: Some(version),
+            version: Some(version.clone()),
         });
         let stream = Stream_ {
             server: self.clone(),
             id: id.clone(),
             session,
+            version,
+            token_hash,
+            outstanding: Arc::default(),
             inbound: request.into_inner(),
             out: out_tx,
             next_id: 1,
@@ -307,6 +359,11 @@ struct Stream_ {
     server: AgentServer,
     id: AgentId,
     session: String,
+    /// The version the agent announced (the state may not have recorded it yet).
+    version: String,
+    token_hash: String,
+    /// Reports sent to the batcher and not yet answered.
+    outstanding: Arc<std::sync::atomic::AtomicUsize>,
     inbound: Streaming<AgentMessage>,
     out: mpsc::Sender<Outgoing>,
     next_id: u32,
@@ -320,7 +377,7 @@ struct Stream_ {
     /// SHA-256 of the last desired state sent (without its revision).
     last_sent: Option<[u8; 32]>,
     /// Identities of what the last desired state was rendered from.
-    inputs: Vec<usize>,
+    inputs: Vec<Input>,
 }
 
 enum End {
@@ -346,6 +403,9 @@ impl Stream_ {
                 let state = states.borrow_and_update().clone();
                 if !state.agents.contains_key(&self.id) {
                     break End::Kicked("pmm-agent removed.");
+                }
+                if state.token_by_hash(&self.token_hash).is_none() {
+                    break End::Kicked("token revoked.");
                 }
                 if let Err(end) = self.maybe_send_state(&state).await {
                     break end;
@@ -426,10 +486,15 @@ impl Stream_ {
     }
 
     async fn send(&self, msg: ServerMessage) -> Result<(), End> {
-        self.out
-            .send(Outgoing::Message(Box::new(msg)))
+        // An agent that reads nothing for this long is as good as gone; waiting longer would
+        // also keep kicks and pings from this stream.
+        match tokio::time::timeout(DEAD_AFTER, self.out.send(Outgoing::Message(Box::new(msg))))
             .await
-            .map_err(|_| End::Closed)
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Closed),
+            Err(_) => Err(End::Dead),
+        }
     }
 
     fn update_info(&self, f: impl FnOnce(&mut StreamInfo)) {
@@ -464,11 +529,14 @@ impl Stream_ {
     /// Sends the desired state if what it is made of changed and the message differs.
     async fn maybe_send_state(&mut self, state: &State) -> Result<(), End> {
         let inputs = inputs_of(state, &self.id);
-        if self.last_sent.is_some() && inputs == self.inputs {
+        let same = inputs.len() == self.inputs.len()
+            && inputs.iter().zip(&self.inputs).all(|(a, b)| a.same(b));
+        if self.last_sent.is_some() && same {
             return Ok(());
         }
         self.inputs = inputs;
-        let mut desired = desired::render(state, &self.server.cipher, &self.id);
+        let mut desired =
+            desired::render(state, &self.server.cipher, &self.id, Some(&self.version));
         // The message encodes the same bytes for the same content (sorted maps), so its hash
         // stands in for the last message sent.
         let hash: [u8; 32] = {
@@ -481,6 +549,13 @@ impl Stream_ {
         desired.revision = state.revision;
         let id = self.next_id();
         self.pending_states.insert(id, state.revision);
+        // States an agent never answered are forgotten after a while.
+        if self.pending_states.len() > 8 {
+            let oldest = self.pending_states.keys().min().copied();
+            if let Some(o) = oldest {
+                self.pending_states.remove(&o);
+            }
+        }
         self.last_sent = Some(hash);
         self.update_info(|i| i.desired_revision = state.revision);
         self.send(ServerMessage {
@@ -541,19 +616,38 @@ impl Stream_ {
                     PbStatus::InitializationError => AgentStatus::InitializationError,
                     PbStatus::Unknown | PbStatus::Unspecified => AgentStatus::Unknown,
                 };
+                // At most MAX_OUTSTANDING reports of one stream wait to be recorded; beyond
+                // that the agent is asked to send again later.
+                use std::sync::atomic::Ordering::SeqCst;
+                if self.outstanding.fetch_add(1, SeqCst) >= MAX_OUTSTANDING {
+                    self.outstanding.fetch_sub(1, SeqCst);
+                    return self
+                        .send(ServerMessage {
+                            id: m.id,
+                            payload: None,
+                            status: Some(RpcStatus {
+                                code: tonic::Code::Unavailable as i32,
+                                message: "too many reports waiting; send it again.".to_owned(),
+                                details: Vec::new(),
+                            }),
+                        })
+                        .await;
+                }
                 let done = self.server.batcher.report(AgentReport {
                     pmm_agent_id: self.id.clone(),
-                    agent_id: AgentId::from(s.agent_id.as_str()),
+                    agent_id: AgentId::from(clean(&s.agent_id).as_str()),
                     status,
                     listen_port: u16::try_from(s.listen_port).ok().filter(|p| *p != 0),
-                    process_exec_path: Some(s.process_exec_path).filter(|p| !p.is_empty()),
-                    version: Some(s.version).filter(|v| !v.is_empty()),
+                    process_exec_path: Some(clean(&s.process_exec_path)).filter(|p| !p.is_empty()),
+                    version: Some(clean(&s.version)).filter(|v| !v.is_empty()),
                 });
                 // Answered once recorded; the stream goes on meanwhile.
                 let out = self.out.clone();
+                let outstanding = self.outstanding.clone();
                 let id = m.id;
                 tokio::spawn(async move {
                     let recorded = done.await.unwrap_or(false);
+                    outstanding.fetch_sub(1, SeqCst);
                     let msg = ServerMessage {
                         id,
                         payload: recorded.then_some(server_message::Payload::StateChanged(
@@ -610,27 +704,48 @@ impl Stream_ {
     }
 }
 
-/// What a pmm-agent's desired state is made of, by identity: the settings (resolutions reach
-/// vmagent's file), its own entity, then each child with its service and node. A change
-/// elsewhere in the persistent state leaves these pointers as they were.
-fn inputs_of(state: &State, id: &AgentId) -> Vec<usize> {
-    let mut out = vec![Arc::as_ptr(&state.settings) as usize];
+/// One thing a desired state is made of, held (not just its address: a freed entity's address
+/// can be reused by a newer one) and compared by identity.
+enum Input {
+    Settings(Arc<crate::domain::Settings>),
+    Agent(Arc<crate::domain::Agent>),
+    Service(Arc<crate::domain::Service>),
+    Node(Arc<crate::domain::Node>),
+}
+
+impl Input {
+    fn same(&self, other: &Input) -> bool {
+        match (self, other) {
+            (Input::Settings(a), Input::Settings(b)) => Arc::ptr_eq(a, b),
+            (Input::Agent(a), Input::Agent(b)) => Arc::ptr_eq(a, b),
+            (Input::Service(a), Input::Service(b)) => Arc::ptr_eq(a, b),
+            (Input::Node(a), Input::Node(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// What a pmm-agent's desired state is made of: the settings (resolutions reach vmagent's
+/// file), its own entity, then each child with its service and node. A change elsewhere in the
+/// persistent state leaves these entities as they were.
+fn inputs_of(state: &State, id: &AgentId) -> Vec<Input> {
+    let mut out = vec![Input::Settings(state.settings.clone())];
     if let Some(a) = state.agents.get(id) {
-        out.push(Arc::as_ptr(a) as usize);
+        out.push(Input::Agent(a.clone()));
     }
     for child in state.children_of(id) {
         if let Some(a) = state.agents.get(&child) {
-            out.push(Arc::as_ptr(a) as usize);
+            out.push(Input::Agent(a.clone()));
             let service = a.service_id.as_ref().and_then(|s| state.services.get(s));
             if let Some(s) = service {
-                out.push(Arc::as_ptr(s) as usize);
+                out.push(Input::Service(s.clone()));
             }
             let node = a
                 .node_id
                 .clone()
                 .or_else(|| service.map(|s| s.node_id.clone()));
             if let Some(n) = node.and_then(|n| state.nodes.get(&n)) {
-                out.push(Arc::as_ptr(n) as usize);
+                out.push(Input::Node(n.clone()));
             }
         }
     }

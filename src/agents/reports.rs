@@ -3,11 +3,11 @@
 //! (connections all, in order), and sends one command (to the leader, from any node). A failed send is retried with backoff; every report's sender learns whether it was
 //! recorded.
 
-use crate::commands::agent_reports::{AgentReport, Connection, ReportAgents};
+use crate::commands::agent_reports::{AgentReport, Connection, ReportAgents, ReportItem};
 use crate::commands::dispatcher::Dispatcher;
 use crate::commands::{Command, CommandMeta};
 use crate::domain::AgentId;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -57,31 +57,29 @@ async fn run(dispatcher: Dispatcher, mut rx: mpsc::UnboundedReceiver<Item>) {
                 Ok(None) | Err(_) => break,
             }
         }
-        let mut connections: Vec<Connection> = Vec::new();
-        let mut reports: Vec<AgentReport> = Vec::new();
-        let mut by_agent: HashMap<AgentId, usize> = HashMap::new();
+        // In arrival order; of the state reports about one agent (from one pmm-agent) only
+        // the last is kept, at its own place.
         let mut waiters = Vec::new();
+        let mut ordered: Vec<ReportItem> = Vec::with_capacity(items.len());
         for item in items {
             match item {
-                // Connections are kept whole and in order: a connect and a disconnect of
-                // sessions are each a fact the state needs (they are few).
-                Item::Connection(c) => connections.push(c),
+                Item::Connection(c) => ordered.push(ReportItem::Connection(c)),
                 Item::Report(r, done) => {
                     waiters.push(done);
-                    match by_agent.get(&r.agent_id) {
-                        Some(&i) => reports[i] = r,
-                        None => {
-                            by_agent.insert(r.agent_id.clone(), reports.len());
-                            reports.push(r);
-                        }
-                    }
+                    ordered.push(ReportItem::State(r));
                 }
             }
         }
-        let cmd = Command::ReportAgents(ReportAgents {
-            connections,
-            reports,
-        });
+        let mut seen: HashSet<(AgentId, AgentId)> = HashSet::new();
+        let mut keep = vec![true; ordered.len()];
+        for (i, item) in ordered.iter().enumerate().rev() {
+            if let ReportItem::State(r) = item {
+                keep[i] = seen.insert((r.pmm_agent_id.clone(), r.agent_id.clone()));
+            }
+        }
+        let mut k = keep.into_iter();
+        ordered.retain(|_| k.next().unwrap_or(true));
+        let cmd = Command::ReportAgents(ReportAgents { items: ordered });
         let recorded = send(&dispatcher, cmd).await;
         for w in waiters {
             let _ = w.send(recorded);

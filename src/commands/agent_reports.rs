@@ -35,20 +35,27 @@ pub struct AgentReport {
     pub version: Option<String>,
 }
 
-/// A batch of reports, applied in order: connections, then agent states.
+/// One fact of a batch.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ReportItem {
+    Connection(Connection),
+    State(AgentReport),
+}
+
+/// A batch of reports, applied in the order they arrived (a report, then a disconnect, leaves
+/// the agent UNKNOWN; a disconnect, then a report, leaves what was reported).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReportAgents {
-    pub connections: Vec<Connection>,
-    pub reports: Vec<AgentReport>,
+    pub items: Vec<ReportItem>,
 }
 
 impl ReportAgents {
     pub fn decide(&self, d: &mut Decision<'_>) -> Result<(), Rejection> {
-        for c in &self.connections {
-            connection(d, c);
-        }
-        for r in &self.reports {
-            report(d, r);
+        for item in &self.items {
+            match item {
+                ReportItem::Connection(c) => connection(d, c),
+                ReportItem::State(r) => report(d, r),
+            }
         }
         Ok(())
     }

@@ -311,17 +311,28 @@ pub async fn remove_agent(api: &Api, c: &Caller, body: Value) -> R {
 pub async fn register_node(api: &Api, c: &Caller, body: Value) -> R {
     let meta = api.meta(c)?;
     // The pmm-agent's token: made here, answered once, recorded only as its hash.
-    let token = api.cipher.agent_token_secret(&meta.command_id);
+    let token = api.cipher.agent_token_secret(&meta.command_id, &meta.actor);
+    let hash = crate::domain::token::token_hash(&token);
     let mut cmd = req::register_node(P::new(&body, &api.cipher));
     if let Command::RegisterNode(r) = &mut cmd {
-        r.agent_token_hash = Some(crate::domain::token::token_hash(&token));
+        r.agent_token_hash = Some(hash.clone());
     }
     let done = api.run_as(meta, cmd).await?;
     let mut out = views::assemble(
         "management.v1.RegisterNodeResponse",
         &views_of(&done.events),
     );
-    out["token"] = json!(token);
+    // Answered only if it is the token recorded (a resend of this caller's own call); a
+    // command id reused by someone else gets none.
+    let recorded = done
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::TokenCreated { token } if token.hash == hash));
+    if recorded {
+        out["token"] = json!(token);
+    } else {
+        out["warning"] = json!("no pmm-agent token: this command id was used by another call");
+    }
     Ok(done.reply(out))
 }
 
