@@ -531,10 +531,11 @@ impl Stream_ {
         let inputs = inputs_of(state, &self.id);
         let same = inputs.len() == self.inputs.len()
             && inputs.iter().zip(&self.inputs).all(|(a, b)| a.same(b));
+        // Kept either way: the next comparison then finds the same entities by identity.
+        self.inputs = inputs;
         if self.last_sent.is_some() && same {
             return Ok(());
         }
-        self.inputs = inputs;
         let mut desired =
             desired::render(state, &self.server.cipher, &self.id, Some(&self.version));
         // The message encodes the same bytes for the same content (sorted maps), so its hash
@@ -717,12 +718,28 @@ impl Input {
     fn same(&self, other: &Input) -> bool {
         match (self, other) {
             (Input::Settings(a), Input::Settings(b)) => Arc::ptr_eq(a, b),
-            (Input::Agent(a), Input::Agent(b)) => Arc::ptr_eq(a, b),
+            (Input::Agent(a), Input::Agent(b)) => Arc::ptr_eq(a, b) || same_config(a, b),
             (Input::Service(a), Input::Service(b)) => Arc::ptr_eq(a, b),
             (Input::Node(a), Input::Node(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
+}
+
+/// True when two versions of an agent differ only in what its pmm-agent reports about it
+/// (status, exec path, connection), which no desired state reads: a status report then costs a
+/// comparison, not a render of the whole state (the server's pmm-agent may run thousands).
+fn same_config(a: &crate::domain::Agent, b: &crate::domain::Agent) -> bool {
+    if a.agent_id != b.agent_id {
+        return false;
+    }
+    let mut b = b.clone();
+    b.status = a.status;
+    b.process_exec_path.clone_from(&a.process_exec_path);
+    b.connected = a.connected;
+    b.session.clone_from(&a.session);
+    b.updated_at = a.updated_at;
+    *a == b
 }
 
 /// What a pmm-agent's desired state is made of: the settings (resolutions reach vmagent's
@@ -750,4 +767,39 @@ fn inputs_of(state: &State, id: &AgentId) -> Vec<Input> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Agent;
+
+    #[test]
+    fn reported_status_is_not_configuration_but_a_port_is() {
+        let a = Agent::new(
+            AgentId::from("a"),
+            AgentType::NodeExporter,
+            chrono::Utc::now(),
+        );
+        let mut b = a.clone();
+        b.status = AgentStatus::Running;
+        b.process_exec_path = Some("/usr/local/bin/node_exporter".into());
+        b.updated_at = a.updated_at + chrono::Duration::seconds(5);
+        assert!(same_config(&a, &b));
+        // The port reaches vmagent's scrape file.
+        b.listen_port = Some(42000);
+        assert!(!same_config(&a, &b));
+        let mut c = a.clone();
+        c.disabled = true;
+        assert!(!same_config(&a, &c));
+    }
+
+    #[test]
+    fn the_token_comes_from_bearer_or_basic() {
+        assert_eq!(bearer_or_basic("Bearer abc"), "abc");
+        // base64("service_token:abc")
+        assert_eq!(bearer_or_basic("Basic c2VydmljZV90b2tlbjphYmM="), "abc");
+        assert_eq!(bearer_or_basic("Basic !!"), "");
+        assert_eq!(bearer_or_basic("Digest x"), "");
+    }
 }
