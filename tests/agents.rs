@@ -925,3 +925,151 @@ async fn basic_auth_revocation_and_command_id_reuse() {
     assert!(reused.token.is_empty(), "no token for another caller");
     assert!(!reused.warning.is_empty());
 }
+
+/// RDS exporters of one pmm-agent run as one process per AWS key, whose report reaches every
+/// member; Azure exporters get their config file. Secrets go only into the state and its
+/// redact words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rds_groups_and_azure_exporters_are_rendered() {
+    let s = server().await;
+    let ids = sim::register(s.channel.clone(), &s.admin, "cloud", 1)
+        .await
+        .expect("registered");
+    let me = &ids[0];
+    let mut management =
+        mgmt::management_service_client::ManagementServiceClient::new(s.channel.clone());
+    for (instance, region, key) in [
+        ("db-b", "us-east-1", "AKIA1"),
+        ("db-a", "us-east-1", "AKIA1"),
+        ("db-c", "eu-west-1", "AKIA2"),
+    ] {
+        management
+            .add_service(authed(
+                mgmt::AddServiceRequest {
+                    service: Some(mgmt::add_service_request::Service::Rds(
+                        mgmt::AddRdsServiceParams {
+                            region: region.into(),
+                            instance_id: instance.into(),
+                            address: format!("{instance}.example"),
+                            port: 3306,
+                            engine: mgmt::DiscoverRdsEngine::Mysql as i32,
+                            pmm_agent_id: me.agent_id.clone(),
+                            username: "u".into(),
+                            password: "p".into(),
+                            aws_access_key: key.into(),
+                            aws_secret_key: format!("secret-of-{key}"),
+                            rds_exporter: true,
+                            skip_connection_check: true,
+                            ..Default::default()
+                        },
+                    )),
+                },
+                &s.admin,
+            ))
+            .await
+            .expect("rds added");
+    }
+    let agent = sim::start(s.channel.clone(), me.clone(), Behaviour::default());
+    applied(&agent, s.node.dispatcher.state().revision).await;
+    let state = agent.last_state.borrow().clone().expect("state");
+    let group = |key: &str| format!("{}:rds/{key}", me.agent_id);
+    let p1 = &state.agent_processes[&group("AKIA1")];
+    assert_eq!(p1.r#type, inv::AgentType::RdsExporter as i32);
+    let config = &p1.text_files["config"];
+    let (a, b) = (config.find("instance: db-a"), config.find("instance: db-b"));
+    assert!(a.is_some() && a < b, "instances sorted: {config}");
+    assert!(
+        config.contains("aws_secret_key: secret-of-AKIA1"),
+        "{config}"
+    );
+    assert_eq!(p1.redact_words, vec!["secret-of-AKIA1".to_owned()]);
+    let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(config).expect("YAML");
+    assert_eq!(parsed["instances"].as_sequence().map(Vec::len), Some(2));
+    assert_eq!(
+        parsed["instances"][0]["disable_basic_metrics"],
+        serde_yaml_ng::Value::Bool(false)
+    );
+    assert!(state.agent_processes.contains_key(&group("AKIA2")));
+    // The group's RUNNING report reaches both members.
+    wait_until("both members of the group RUNNING", DEADLINE, || {
+        let st = s.node.dispatcher.state();
+        let running = st
+            .children_of(&pmmcp::domain::AgentId::from(me.agent_id.as_str()))
+            .iter()
+            .filter_map(|id| st.agents.get(id))
+            .filter(|a| a.agent_type == pmmcp::domain::AgentType::RdsExporter)
+            .filter(|a| a.status == pmmcp::domain::AgentStatus::Running && a.listen_port.is_some())
+            .count();
+        async move { running == 3 }
+    })
+    .await;
+
+    // Azure runs on the server's own pmm-agent.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/management/services/azure", s.base))
+        .bearer_auth(&s.admin)
+        .body(
+            r#"{"region": "eastus", "instance_id": "az-1", "address": "az-1.example", "port": 5432,
+            "username": "u", "azure_client_id": "c", "azure_client_secret": "az-secret",
+            "azure_tenant_id": "t", "azure_subscription_id": "sub", "azure_resource_group": "rg",
+            "type": "DISCOVER_AZURE_DATABASE_TYPE_POSTGRESQL", "azure_database_exporter": true}"#,
+        )
+        .send()
+        .await
+        .expect("azure");
+    assert!(resp.status().is_success());
+    let secret = pmmcp::domain::token::new_token_secret();
+    s.node
+        .dispatcher
+        .dispatch(
+            pmmcp::commands::Command::CreateToken(pmmcp::commands::tokens::CreateToken {
+                agent_id: Some(pmmcp::domain::AgentId::from("pmm-server")),
+                name: "pmm-agent/pmm-server".into(),
+                role: Role::Agent,
+                hash: pmmcp::domain::token::token_hash(&secret),
+            }),
+            pmmcp::commands::CommandMeta::new("test"),
+        )
+        .await
+        .expect("server token");
+    let server_agent = sim::start(
+        s.channel.clone(),
+        Identity {
+            agent_id: "pmm-server".into(),
+            token: secret,
+        },
+        Behaviour::default(),
+    );
+    applied(&server_agent, s.node.dispatcher.state().revision).await;
+    let state = server_agent.last_state.borrow().clone().expect("state");
+    let azure = state
+        .agent_processes
+        .values()
+        .find(|p| p.r#type == inv::AgentType::AzureDatabaseExporter as i32)
+        .expect("azure exporter");
+    let config = &azure.text_files["config"];
+    assert!(
+        config.contains("Microsoft.DBforPostgreSQL/flexibleServers"),
+        "{config}"
+    );
+    assert!(config.contains("client_secret: az-secret"), "{config}");
+    let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(config).expect("YAML");
+    assert_eq!(
+        parsed["resource_groups"][0]["resource_group"].as_str(),
+        Some("rg")
+    );
+    assert_eq!(
+        parsed["resource_groups"][0]["metrics"]
+            .as_sequence()
+            .map(Vec::len),
+        Some(7)
+    );
+    assert_eq!(azure.redact_words, vec!["az-secret".to_owned()]);
+    assert!(
+        !state
+            .agent_processes
+            .keys()
+            .any(|k| k.starts_with("vmagent-")),
+        "the server's own pmm-agent runs no vmagent"
+    );
+}

@@ -33,11 +33,17 @@ pub fn render(
             .and_then(|a| version(a.version.as_deref()))
     });
     let mut out = SetStateRequest::default();
+    let mut rds: BTreeMap<String, Vec<&Agent>> = BTreeMap::new();
     for id in state.children_of(pmm_agent) {
         let Some(a) = state.agents.get(&id) else {
             continue;
         };
         if a.disabled {
+            continue;
+        }
+        if a.agent_type == AgentType::RdsExporter {
+            let key = a.aws.aws_access_key.clone().unwrap_or_default();
+            rds.entry(key).or_default().push(a);
             continue;
         }
         let service = a.service_id.as_ref().and_then(|s| state.services.get(s));
@@ -55,12 +61,116 @@ pub fn render(
             out.agent_processes.insert(id.to_string(), p);
         }
     }
+    // RDS exporters run one process per AWS access key.
+    for (key, members) in rds {
+        out.agent_processes.insert(
+            rds_group_key(pmm_agent, &key),
+            rds_exporter(state, cipher, &members),
+        );
+    }
     // Every pmm-agent but the server's own runs a vmagent that pushes its push exporters.
     if !pmm_agent.is_pmm_server() {
         out.agent_processes
             .insert(vmagent_key(pmm_agent), vmagent(state, cipher, pmm_agent));
     }
     out
+}
+
+/// The key of the process that runs a pmm-agent's RDS exporters of one AWS access key.
+pub fn rds_group_key(pmm_agent: &AgentId, aws_access_key: &str) -> String {
+    format!("{pmm_agent}:rds/{aws_access_key}")
+}
+
+/// One rds_exporter for a group: its config file lists every member's instance, sorted by
+/// region then instance; a log level only when every member has the same one.
+fn rds_exporter(state: &State, cipher: &Cipher, members: &[&Agent]) -> AgentProcess {
+    use crate::files::yaml::{field, indent, scalar};
+    let mut instances: Vec<(String, String, &Agent)> = members
+        .iter()
+        .filter_map(|a| {
+            let node = state.nodes.get(a.node_id.as_ref()?)?;
+            Some((
+                node.region.clone().unwrap_or_default(),
+                node.address.clone(),
+                *a,
+            ))
+        })
+        .collect();
+    instances.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
+    let mut config = String::from("---\ninstances:\n");
+    let mut redact = Vec::new();
+    for (region, instance, a) in &instances {
+        indent(&mut config, 0);
+        config.push_str("- region: ");
+        scalar(&mut config, region);
+        config.push('\n');
+        field(&mut config, 2, "instance", instance);
+        field(
+            &mut config,
+            2,
+            "aws_access_key",
+            a.aws.aws_access_key.as_deref().unwrap_or(""),
+        );
+        if let Some(secret) = a
+            .aws
+            .aws_secret_key
+            .as_ref()
+            .and_then(|s| cipher.open(s).ok())
+        {
+            field(&mut config, 2, "aws_secret_key", &secret);
+            redact.push(secret);
+        }
+        for (k, v) in [
+            ("disable_basic_metrics", a.aws.rds_basic_metrics_disabled),
+            (
+                "disable_enhanced_metrics",
+                a.aws.rds_enhanced_metrics_disabled,
+            ),
+        ] {
+            indent(&mut config, 2);
+            config.push_str(k);
+            config.push_str(if v { ": true\n" } else { ": false\n" });
+        }
+        let mut labels = a
+            .node_id
+            .as_ref()
+            .and_then(|n| state.nodes.get(n))
+            .map(|n| n.custom_labels.clone())
+            .unwrap_or_default();
+        labels.extend(a.custom_labels.clone());
+        labels.remove("region");
+        if !labels.is_empty() {
+            indent(&mut config, 2);
+            config.push_str("labels:\n");
+            for (k, v) in &labels {
+                field(&mut config, 4, k, v);
+            }
+        }
+    }
+    let mut args = vec![
+        "--web.listen-address=:{{ .listen_port }}".to_owned(),
+        "--config.file={{ .TextFiles.config }}".to_owned(),
+    ];
+    let level = members.first().and_then(|a| a.log_level);
+    let shared = members.iter().all(|a| a.log_level == level);
+    if let Some(l) = level
+        .filter(|_| shared)
+        .and_then(|l| serde_json::to_value(l).ok())
+    {
+        args.push(format!("--log.level={}", l.as_str().unwrap_or("info")));
+    }
+    args.sort();
+    redact.sort();
+    redact.dedup();
+    AgentProcess {
+        r#type: pb_type(AgentType::RdsExporter),
+        template_left_delim: "{{".to_owned(),
+        template_right_delim: "}}".to_owned(),
+        args,
+        env: Vec::new(),
+        text_files: [("config".to_owned(), config)].into_iter().collect(),
+        redact_words: redact,
+    }
 }
 
 /// The key of a pmm-agent's vmagent process.
@@ -340,7 +450,8 @@ impl Ctx<'_> {
                 }
                 (vec![listen], "--")
             }
-            // RDS (grouped per AWS key), Azure, vmagent and nomad are not rendered yet;
+            AzureDatabaseExporter => return Some(self.azure_exporter()),
+            // RDS exporters are grouped per AWS key (rds_exporter); nomad is not rendered yet;
             // external exporters run elsewhere.
             _ => return None,
         };
@@ -357,6 +468,90 @@ impl Ctx<'_> {
             text_files: text_files.into_iter().collect(),
             redact_words: self.redact_words(),
         })
+    }
+
+    /// azure_database_exporter: its config file names the subscription, credentials and the
+    /// resource group and types to read.
+    fn azure_exporter(&self) -> AgentProcess {
+        use crate::files::yaml::field;
+        let z = &self.a.azure;
+        let secret = self.open(&z.client_secret).unwrap_or_default();
+        let types: &[&str] = if z.resource_type.contains("postgres") {
+            &[
+                "Microsoft.DBforPostgreSQL/servers",
+                "Microsoft.DBforPostgreSQL/flexibleServers",
+                "Microsoft.DBforPostgreSQL/serversv2",
+            ]
+        } else {
+            &[
+                "Microsoft.DBforMySQL/servers",
+                "Microsoft.DBforMySQL/felexibleServers",
+                "Microsoft.DBforMariaDB/servers",
+            ]
+        };
+        let mut c = String::from("---\n");
+        field(
+            &mut c,
+            0,
+            "active_directory_authority_url",
+            "https://login.microsoftonline.com/",
+        );
+        field(
+            &mut c,
+            0,
+            "resource_manager_url",
+            "https://management.azure.com/",
+        );
+        c.push_str("credentials:\n");
+        for (k, v) in [
+            ("client_id", z.client_id.as_str()),
+            ("client_secret", secret.as_str()),
+            ("tenant_id", z.tenant_id.as_str()),
+            ("subscription_id", z.subscription_id.as_str()),
+        ] {
+            field(&mut c, 2, k, v);
+        }
+        c.push_str("targets: []\nresource_groups:\n  - resource_group: ");
+        crate::files::yaml::scalar(&mut c, &z.resource_group);
+        c.push_str("\n    aggregations:\n      - Average\n    resource_types:\n");
+        for t in types {
+            c.push_str("      - ");
+            c.push_str(t);
+            c.push('\n');
+        }
+        c.push_str("    metrics:\n");
+        for m in [
+            "cpu_percent",
+            "memory_percent",
+            "storage_percent",
+            "storage_used",
+            "storage_limit",
+            "network_bytes_egress",
+            "network_bytes_ingress",
+        ] {
+            c.push_str("      - ");
+            c.push_str(m);
+            c.push('\n');
+        }
+        let mut args = vec![
+            "--config.file={{ .TextFiles.config }}".to_owned(),
+            "--web.listen-address=:{{ .listen_port }}".to_owned(),
+        ];
+        self.log_level(&mut args);
+        args.sort();
+        AgentProcess {
+            r#type: pb_type(AgentType::AzureDatabaseExporter),
+            template_left_delim: "{{".to_owned(),
+            template_right_delim: "}}".to_owned(),
+            args,
+            env: Vec::new(),
+            text_files: [("config".to_owned(), c)].into_iter().collect(),
+            redact_words: if secret.is_empty() {
+                Vec::new()
+            } else {
+                vec![secret]
+            },
+        }
     }
 
     fn node_exporter(&self, listen: String, delims: (&str, &str)) -> Vec<String> {

@@ -105,6 +105,31 @@ fn connection(d: &mut Decision<'_>, c: &Connection) {
 }
 
 fn report(d: &mut Decision<'_>, r: &AgentReport) {
+    // A grouped RDS process (`<pmm-agent id>:rds/<AWS access key>`) speaks for its members.
+    let group = format!("{}:rds/", r.pmm_agent_id);
+    if let Some(key) = r.agent_id.as_str().strip_prefix(&group) {
+        let members: Vec<AgentId> = d
+            .state()
+            .children_of(&r.pmm_agent_id)
+            .into_iter()
+            .filter(|id| {
+                d.state().agents.get(id).is_some_and(|a| {
+                    a.agent_type == AgentType::RdsExporter
+                        && a.aws.aws_access_key.as_deref().unwrap_or("") == key
+                })
+            })
+            .collect();
+        for id in members {
+            report(
+                d,
+                &AgentReport {
+                    agent_id: id,
+                    ..r.clone()
+                },
+            );
+        }
+        return;
+    }
     let Some(agent) = d.state().agents.get(&r.agent_id) else {
         return;
     };
