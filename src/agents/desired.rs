@@ -159,17 +159,35 @@ fn rds_exporter(state: &State, cipher: &Cipher, members: &[&Agent]) -> AgentProc
     {
         args.push(format!("--log.level={}", l.as_str().unwrap_or("info")));
     }
-    args.sort();
     redact.sort();
     redact.dedup();
+    with_config_file(
+        AgentType::RdsExporter,
+        args,
+        Vec::new(),
+        ("config", config),
+        redact,
+    )
+}
+
+/// A process whose inputs hold no template tokens (so `{{ }}`), with one text file; its args
+/// are sorted here.
+fn with_config_file(
+    t: AgentType,
+    mut args: Vec<String>,
+    env: Vec<String>,
+    (name, text): (&str, String),
+    redact_words: Vec<String>,
+) -> AgentProcess {
+    args.sort();
     AgentProcess {
-        r#type: pb_type(AgentType::RdsExporter),
+        r#type: pb_type(t),
         template_left_delim: "{{".to_owned(),
         template_right_delim: "}}".to_owned(),
         args,
-        env: Vec::new(),
-        text_files: [("config".to_owned(), config)].into_iter().collect(),
-        redact_words: redact,
+        env,
+        text_files: [(name.to_owned(), text)].into_iter().collect(),
+        redact_words,
     }
 }
 
@@ -187,14 +205,13 @@ fn vmagent(state: &State, cipher: &Cipher, pmm_agent: &AgentId) -> AgentProcess 
         pmm_agent,
         &crate::files::RenderOptions::default(),
     );
-    let mut args = vec![
+    let args = vec![
         "-envflag.enable=true".to_owned(),
         "-envflag.prefix=VMAGENT_".to_owned(),
         "-httpListenAddr=127.0.0.1:{{.listen_port}}".to_owned(),
         "-promscrape.config={{.TextFiles.vmagentscrapecfg}}".to_owned(),
         "-remoteWrite.tmpDataPath={{.tmp_dir}}/vmagent-temp-dir".to_owned(),
     ];
-    args.sort();
     let env = [
         "VMAGENT_loggerLevel=INFO",
         "VMAGENT_promscrape_maxScrapeSize=64MiB",
@@ -204,17 +221,13 @@ fn vmagent(state: &State, cipher: &Cipher, pmm_agent: &AgentId) -> AgentProcess 
         "VMAGENT_remoteWrite_tlsInsecureSkipVerify={{.server_insecure}}",
         "VMAGENT_remoteWrite_url={{.server_url}}/victoriametrics/api/v1/write",
     ];
-    AgentProcess {
-        r#type: pb_type(AgentType::VmAgent),
-        template_left_delim: "{{".to_owned(),
-        template_right_delim: "}}".to_owned(),
+    with_config_file(
+        AgentType::VmAgent,
         args,
-        env: env.iter().map(|s| (*s).to_owned()).collect(),
-        text_files: [("vmagentscrapecfg".to_owned(), config)]
-            .into_iter()
-            .collect(),
-        redact_words: Vec::new(),
-    }
+        env.iter().map(|s| (*s).to_owned()).collect(),
+        ("vmagentscrapecfg", config),
+        Vec::new(),
+    )
 }
 
 struct Ctx<'a> {
@@ -538,20 +551,18 @@ impl Ctx<'_> {
             "--web.listen-address=:{{ .listen_port }}".to_owned(),
         ];
         self.log_level(&mut args);
-        args.sort();
-        AgentProcess {
-            r#type: pb_type(AgentType::AzureDatabaseExporter),
-            template_left_delim: "{{".to_owned(),
-            template_right_delim: "}}".to_owned(),
+        let redact = if secret.is_empty() {
+            Vec::new()
+        } else {
+            vec![secret]
+        };
+        with_config_file(
+            AgentType::AzureDatabaseExporter,
             args,
-            env: Vec::new(),
-            text_files: [("config".to_owned(), c)].into_iter().collect(),
-            redact_words: if secret.is_empty() {
-                Vec::new()
-            } else {
-                vec![secret]
-            },
-        }
+            Vec::new(),
+            ("config", c),
+            redact,
+        )
     }
 
     fn node_exporter(&self, listen: String, delims: (&str, &str)) -> Vec<String> {

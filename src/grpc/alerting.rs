@@ -2,6 +2,7 @@
 //! ChangeRule and DeleteRule. Requests are read into commands here; answers are the views of
 //! templates and rules under the proto's field names.
 
+use super::handlers::required;
 use super::requests::P;
 use super::{Api, Caller, Reply};
 use crate::commands::alerting::{
@@ -23,14 +24,6 @@ type R = Result<Reply, Status>;
 
 fn invalid(m: impl Into<String>) -> Status {
     Status::invalid_argument(m.into())
-}
-
-fn required(p: &P<'_>, k: &str) -> Result<String, Status> {
-    p.nonempty(k).ok_or_else(|| {
-        invalid(format!(
-            "invalid field {k}: value '' must not be an empty string"
-        ))
-    })
 }
 
 // ---- requests ----

@@ -17,7 +17,7 @@ fn not_found(what: &str, id: &str) -> Status {
     Status::not_found(format!("{what} with ID {id:?} not found."))
 }
 
-fn required(p: &P<'_>, k: &str) -> Result<String, Status> {
+pub(super) fn required(p: &P<'_>, k: &str) -> Result<String, Status> {
     p.nonempty(k).ok_or_else(|| {
         Status::invalid_argument(format!(
             "invalid field {k}: value '' must not be an empty string"
