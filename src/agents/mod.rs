@@ -31,11 +31,9 @@ use crate::grpc::pb::agent::v1::{
 use crate::grpc::pb::google::rpc::Status as RpcStatus;
 use crate::grpc::pb::inventory::v1::AgentStatus as PbStatus;
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::Stream;
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 pub use reports::Batcher;
@@ -243,10 +241,8 @@ fn bearer_or_basic(value: &str) -> String {
         .unwrap_or_default()
 }
 
-type ConnectStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send + 'static>>;
-
 /// What a stream's outbox holds: boxed, so the queue's slots stay small.
-enum Outgoing {
+pub(crate) enum Outgoing {
     Message(Box<ServerMessage>),
     End(Box<Status>),
 }
@@ -257,7 +253,7 @@ impl AgentServer {
     async fn connect(
         &self,
         request: Request<Streaming<AgentMessage>>,
-    ) -> Result<Response<ConnectStream>, Status> {
+    ) -> Result<Response<mpsc::Receiver<Outgoing>>, Status> {
         let state = self.dispatcher.state();
         let Authenticated {
             agent_id: id,
@@ -333,13 +329,7 @@ impl AgentServer {
             inputs: Vec::new(),
         };
         tokio::spawn(stream.run(kick_rx, probe_rx));
-        let mut resp = Response::new(Box::pin(tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(out_rx),
-            |o| match o {
-                Outgoing::Message(m) => Ok(*m),
-                Outgoing::End(s) => Err(*s),
-            },
-        )) as ConnectStream);
+        let mut resp = Response::new(out_rx);
         let md = resp.metadata_mut();
         for (k, v) in [
             ("pmm-agent-node-id", node_id.to_string()),
@@ -395,27 +385,17 @@ impl Stream_ {
         let mut states = self.server.dispatcher.subscribe();
         let mut ticker = tokio::time::interval(PING_EVERY);
         ticker.tick().await;
+        // Every idle stream keeps this task's future, so the rare, large steps (a render and
+        // send, a message's handling, a ping) are boxed: their state exists only while they run.
         let end = loop {
             // The desired state first (on connect, and after every change that affects us).
-            // The snapshot is dropped before waiting: an idle stream holding an old revision
-            // would keep that revision's copied paths of the state alive.
-            {
-                let state = states.borrow_and_update().clone();
-                if !state.agents.contains_key(&self.id) {
-                    break End::Kicked("pmm-agent removed.");
-                }
-                if state.token_by_hash(&self.token_hash).is_none() {
-                    break End::Kicked("token revoked.");
-                }
-                if let Err(end) = self.maybe_send_state(&state).await {
-                    break end;
-                }
-                self.update_info(|i| i.evaluated_revision = state.revision);
+            if let Err(end) = Box::pin(self.evaluate(&mut states)).await {
+                break end;
             }
             tokio::select! {
                 msg = self.inbound.message() => match msg {
                     Ok(Some(m)) => {
-                        if let Err(end) = self.handle(m).await {
+                        if let Err(end) = Box::pin(self.handle(m)).await {
                             break end;
                         }
                     }
@@ -430,13 +410,13 @@ impl Stream_ {
                     if self.last_heard.elapsed() > DEAD_AFTER {
                         break End::Dead;
                     }
-                    if self.ping().await.is_err() {
+                    if Box::pin(self.ping()).await.is_err() {
                         break End::Closed;
                     }
                 }
                 Some(probe) = probes.recv() => {
                     self.probes.push(probe);
-                    if self.ping().await.is_err() {
+                    if Box::pin(self.ping()).await.is_err() {
                         break End::Closed;
                     }
                 }
@@ -524,6 +504,22 @@ impl Stream_ {
             status: None,
         })
         .await
+    }
+
+    /// Checks the latest state: the agent and its token still there, and its desired state
+    /// sent. The snapshot is dropped before the stream waits again: an idle stream holding an
+    /// old revision would keep that revision's copied paths of the state alive.
+    async fn evaluate(&mut self, states: &mut watch::Receiver<State>) -> Result<(), End> {
+        let state = states.borrow_and_update().clone();
+        if !state.agents.contains_key(&self.id) {
+            return Err(End::Kicked("pmm-agent removed."));
+        }
+        if state.token_by_hash(&self.token_hash).is_none() {
+            return Err(End::Kicked("token revoked."));
+        }
+        self.maybe_send_state(&state).await?;
+        self.update_info(|i| i.evaluated_revision = state.revision);
+        Ok(())
     }
 
     /// Sends the desired state if what it is made of changed and the message differs.
