@@ -1,7 +1,10 @@
 //! The batcher: reports from every stream of this node become few [`ReportAgents`] commands.
 //! It takes what arrived, waits [`WINDOW`] for more, keeps only the last state report per agent
-//! (connections all, in order), and sends one command (to the leader, from any node). A failed send is retried with backoff; every report's sender learns whether it was
-//! recorded.
+//! (connections all, in order), and sends one command (to the leader, from any node). A failed
+//! send is retried with backoff; every report's sender learns whether it was recorded, and may
+//! send it again. Connections and disconnections have no sender to retry them: those of a batch
+//! that could not be recorded (no leader for half a minute, say) are carried into the next
+//! batch, compacted to what decides each pmm-agent's final connection state, until recorded.
 
 use crate::commands::agent_reports::{AgentReport, Connection, ReportAgents, ReportItem};
 use crate::commands::dispatcher::Dispatcher;
@@ -47,9 +50,25 @@ impl Batcher {
     }
 }
 
+/// Pause before a batch of only carried-over connections is sent again.
+const CARRY_RETRY: Duration = Duration::from_secs(5);
+
 async fn run(dispatcher: Dispatcher, mut rx: mpsc::UnboundedReceiver<Item>) {
-    while let Some(first) = rx.recv().await {
-        let mut items = vec![first];
+    let mut carried: Vec<Connection> = Vec::new();
+    loop {
+        let first = if carried.is_empty() {
+            rx.recv().await
+        } else {
+            tokio::time::timeout(CARRY_RETRY, rx.recv())
+                .await
+                .unwrap_or(None)
+        };
+        let mut items: Vec<Item> = carried.drain(..).map(Item::Connection).collect();
+        match first {
+            Some(item) => items.push(item),
+            None if items.is_empty() => return,
+            None => {}
+        }
         let deadline = tokio::time::Instant::now() + WINDOW;
         while items.len() < MAX_BATCH {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -79,32 +98,122 @@ async fn run(dispatcher: Dispatcher, mut rx: mpsc::UnboundedReceiver<Item>) {
         }
         let mut k = keep.into_iter();
         ordered.retain(|_| k.next().unwrap_or(true));
-        let cmd = Command::ReportAgents(ReportAgents { items: ordered });
-        let recorded = send(&dispatcher, cmd).await;
+        let batch = ReportAgents { items: ordered };
+        let outcome = send(&dispatcher, &Command::ReportAgents(batch.clone())).await;
+        if outcome == Sent::Unavailable {
+            carried = compact(batch.items.into_iter().filter_map(|i| match i {
+                ReportItem::Connection(c) => Some(c),
+                ReportItem::State(_) => None,
+            }));
+        }
         for w in waiters {
-            let _ = w.send(recorded);
+            let _ = w.send(outcome == Sent::Recorded);
         }
     }
 }
 
+/// Of each pmm-agent's connection changes, in order, what decides its final state: the last
+/// change, and when that is a disconnection, the connection of the same session just before
+/// it (a disconnection is applied only to the session it ends).
+fn compact(changes: impl DoubleEndedIterator<Item = Connection>) -> Vec<Connection> {
+    let mut kept: Vec<Connection> = Vec::new();
+    // pmm-agent -> the session whose connection may still be kept (after its disconnection).
+    let mut wanted: std::collections::HashMap<AgentId, Option<String>> = Default::default();
+    for c in changes.rev() {
+        match wanted.get(&c.pmm_agent_id) {
+            None => {
+                let next = (!c.connected).then(|| c.session.clone());
+                wanted.insert(c.pmm_agent_id.clone(), next);
+                kept.push(c);
+            }
+            Some(Some(session)) if c.connected && *session == c.session => {
+                wanted.insert(c.pmm_agent_id.clone(), None);
+                kept.push(c);
+            }
+            Some(_) => {}
+        }
+    }
+    kept.reverse();
+    kept
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Recorded,
+    Refused,
+    Unavailable,
+}
+
 /// Sends with one command id (a resend applies once), retrying transient failures for up
 /// to about half a minute.
-async fn send(dispatcher: &Dispatcher, cmd: Command) -> bool {
+async fn send(dispatcher: &Dispatcher, cmd: &Command) -> Sent {
     let meta = CommandMeta::new("pmm-agent streams");
     let mut delay = Duration::from_millis(50);
     for _ in 0..12 {
         match dispatcher.dispatch(cmd.clone(), meta.clone()).await {
-            Ok(_) => return true,
+            Ok(_) => return Sent::Recorded,
             Err(e) if e.is_retryable() => {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "pmm-agent reports were refused");
-                return false;
+                return Sent::Refused;
             }
         }
     }
-    tracing::warn!("pmm-agent reports could not be recorded; the agents will report again");
-    false
+    tracing::warn!(
+        "pmm-agent reports could not be recorded; the agents will report again, and \
+         connection changes are kept for the next batch"
+    );
+    Sent::Unavailable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(agent: &str, session: &str, connected: bool) -> Connection {
+        Connection {
+            pmm_agent_id: AgentId::from(agent.to_owned()),
+            session: session.to_owned(),
+            connected,
+            version: None,
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_what_decides_each_final_connection_state() {
+        let changes = vec![
+            c("a", "1", true),
+            c("b", "1", false),
+            c("a", "1", false),
+            c("c", "1", true),
+            c("a", "2", true),
+            c("c", "1", false),
+            c("c", "2", true),
+            c("a", "2", false),
+            c("b", "2", true),
+        ];
+        let kept = compact(changes.into_iter());
+        assert_eq!(
+            kept,
+            vec![
+                c("a", "2", true),
+                c("c", "2", true),
+                c("a", "2", false),
+                c("b", "2", true),
+            ]
+        );
+        // A lone disconnection (its connection was recorded earlier) is kept.
+        assert_eq!(
+            compact(vec![c("a", "1", false)].into_iter()),
+            vec![c("a", "1", false)]
+        );
+        // A disconnection of another session does not keep an older connection.
+        assert_eq!(
+            compact(vec![c("a", "1", true), c("a", "2", false)].into_iter()),
+            vec![c("a", "2", false)]
+        );
+    }
 }
