@@ -4,7 +4,10 @@
 //!
 //! 1. Memory per idle stream: the server's RSS with N agents connected and settled, minus its
 //!    RSS before, over N; beside the same with N bare gRPC streams that only stay open
-//!    (`grpc.health.v1.Health/Watch`) on a fresh server process.
+//!    (`grpc.health.v1.Health/Watch`) on a fresh server process. Measured twice: when the
+//!    agents first connect (their first reports also grow the inventory for good: listen
+//!    ports, so scrape jobs), and on a fresh process whose inventory already knows them (the
+//!    stream's own cost; the bare streams are measured on such a process too).
 //! 2. Fan-out: a settings change that alters every agent's state (the high resolution): the
 //!    time from the command's answer to each agent's new state, p50/p99/max; beside a round of
 //!    pings (every agent pings the server at once: the transport's floor for reaching all).
@@ -165,6 +168,34 @@ pub async fn run(args: BenchAgentsArgs) -> anyhow::Result<()> {
     outcome
 }
 
+/// The server's settled RSS before and after `ids` connect and apply their state.
+struct Connected {
+    before: u64,
+    after: u64,
+    per_stream: f64,
+    agents: Vec<SimAgent>,
+    channels: Vec<Channel>,
+}
+
+async fn connected_rss(server: &Server, ids: &[Identity], n: usize) -> anyhow::Result<Connected> {
+    let before = settled_rss(server).await;
+    let channels = server.channels(n)?;
+    let agents: Vec<SimAgent> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| sim::start(channels[i / 100].clone(), id.clone(), Behaviour::default()))
+        .collect();
+    all_applied(&agents, 1, Duration::from_secs(300)).await?;
+    let after = settled_rss(server).await;
+    Ok(Connected {
+        before,
+        after,
+        per_stream: after.saturating_sub(before) as f64 / n as f64,
+        agents,
+        channels,
+    })
+}
+
 async fn measure(
     args: &BenchAgentsArgs,
     n: usize,
@@ -188,7 +219,15 @@ async fn measure(
     println!("registered {n} nodes in {:.1} s", t.elapsed().as_secs_f64());
     server.stop().await;
 
-    // 1a. Baseline memory: bare idle gRPC streams on a fresh process.
+    // 1a. The agents' first connection (a fresh process; the inventory grows with their reports).
+    let (server, _) = start_server(db, dir, ports).await?;
+    let first = connected_rss(&server, &ids, n).await?;
+    for a in &first.agents {
+        a.stop();
+    }
+    server.stop().await;
+
+    // 1b. Baseline memory: bare idle gRPC streams on a fresh process.
     let (server, _) = start_server(db, dir, ports).await?;
     let before = settled_rss(&server).await;
     let mut watches = Vec::with_capacity(n);
@@ -220,18 +259,10 @@ async fn measure(
     let baseline_per_stream = with_watches.saturating_sub(before) as f64 / n as f64;
     server.stop().await;
 
-    // 1b. The agents' streams on a fresh process.
+    // 1c. The agents' streams on a fresh process that knows them.
     let (server, _) = start_server(db, dir, ports).await?;
-    let before_agents = settled_rss(&server).await;
-    let channels = server.channels(n)?;
-    let agents: Vec<SimAgent> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| sim::start(channels[i / 100].clone(), id.clone(), Behaviour::default()))
-        .collect();
-    all_applied(&agents, 1, Duration::from_secs(300)).await?;
-    let with_agents = settled_rss(&server).await;
-    let per_stream = with_agents.saturating_sub(before_agents) as f64 / n as f64;
+    let known = connected_rss(&server, &ids, n).await?;
+    let (agents, channels) = (known.agents, known.channels);
 
     // 2a. Baseline: every agent pings at once.
     let mut rtts = Vec::with_capacity(n);
@@ -322,14 +353,21 @@ async fn measure(
         "pmm-cp bench-agents, date {} UTC; {n} fake pmm-agents (100 per HTTP/2 connection), server in its own process",
         chrono::Utc::now().format("%Y-%m-%d %H:%M")
     );
+    let mib = |b: u64| b as f64 / 1048576.0;
     println!(
         "memory per idle stream: {:.1} KB (server RSS {:.0} -> {:.0} MB); baseline, bare idle gRPC stream: {:.1} KB ({:.0} -> {:.0} MB)",
-        mb(per_stream),
-        before_agents as f64 / 1048576.0,
-        with_agents as f64 / 1048576.0,
+        mb(known.per_stream),
+        mib(known.before),
+        mib(known.after),
         mb(baseline_per_stream),
-        before as f64 / 1048576.0,
-        with_watches as f64 / 1048576.0
+        mib(before),
+        mib(with_watches)
+    );
+    println!(
+        "  at the agents' first connection, with the inventory's growth: {:.1} KB per stream ({:.0} -> {:.0} MB)",
+        mb(first.per_stream),
+        mib(first.before),
+        mib(first.after)
     );
     println!(
         "fan-out of one settings change to {n} agents ({} rounds): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; baseline, all agents ping at once: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
