@@ -209,8 +209,10 @@ async fn the_protocol_connects_sends_state_records_reports_and_kicks() {
     let qan_id = added.qan_mysql_perfschema.expect("qan").agent_id;
 
     // Connect: the whole desired state arrives with its revision.
-    let agent = sim::start(s.channel.clone(), me.clone(), Behaviour::default());
+    // Read before connecting: the state sent on connect is at least this new (a revision
+    // read later may be a report that changes no one's state).
     let now = s.node.dispatcher.state().revision;
+    let agent = sim::start(s.channel.clone(), me.clone(), Behaviour::default());
     applied(&agent, now).await;
     let state = agent.last_state.borrow().clone().expect("a state");
     assert!(state.revision >= now);
@@ -285,8 +287,9 @@ async fn the_protocol_connects_sends_state_records_reports_and_kicks() {
     // sends me a new state without it.
     settled(&s, &[&me.agent_id]).await;
     let states_before = agent.seen.states.load(Ordering::SeqCst);
+    let before_peer = s.node.dispatcher.state().revision;
     let peer = sim::start(s.channel.clone(), other.clone(), Behaviour::default());
-    applied(&peer, s.node.dispatcher.state().revision).await;
+    applied(&peer, before_peer).await;
     settled(&s, &[&other.agent_id]).await;
     let mut agents = inv::agents_service_client::AgentsServiceClient::new(s.channel.clone());
     let resp = agents
@@ -391,6 +394,7 @@ async fn the_protocol_connects_sends_state_records_reports_and_kicks() {
     .await;
 
     // Reconnect, then removal kicks the stream at once.
+    let before = s.node.dispatcher.state().revision;
     let agent = sim::start(
         s.channel.clone(),
         me.clone(),
@@ -399,7 +403,7 @@ async fn the_protocol_connects_sends_state_records_reports_and_kicks() {
             ..Behaviour::default()
         },
     );
-    applied(&agent, s.node.dispatcher.state().revision).await;
+    applied(&agent, before).await;
     management
         .unregister_node(authed(
             mgmt::UnregisterNodeRequest {
@@ -969,8 +973,9 @@ async fn rds_groups_and_azure_exporters_are_rendered() {
             .await
             .expect("rds added");
     }
+    let before = s.node.dispatcher.state().revision;
     let agent = sim::start(s.channel.clone(), me.clone(), Behaviour::default());
-    applied(&agent, s.node.dispatcher.state().revision).await;
+    applied(&agent, before).await;
     let state = agent.last_state.borrow().clone().expect("state");
     let group = |key: &str| format!("{}:rds/{key}", me.agent_id);
     let p1 = &state.agent_processes[&group("AKIA1")];
@@ -1032,6 +1037,7 @@ async fn rds_groups_and_azure_exporters_are_rendered() {
         )
         .await
         .expect("server token");
+    let before = s.node.dispatcher.state().revision;
     let server_agent = sim::start(
         s.channel.clone(),
         Identity {
@@ -1040,7 +1046,7 @@ async fn rds_groups_and_azure_exporters_are_rendered() {
         },
         Behaviour::default(),
     );
-    applied(&server_agent, s.node.dispatcher.state().revision).await;
+    applied(&server_agent, before).await;
     let state = server_agent.last_state.borrow().clone().expect("state");
     let azure = state
         .agent_processes

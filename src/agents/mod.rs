@@ -17,6 +17,7 @@
 
 pub mod desired;
 pub mod reports;
+mod router;
 mod service;
 pub mod sim;
 
@@ -31,9 +32,10 @@ use crate::grpc::pb::agent::v1::{
 use crate::grpc::pb::google::rpc::Status as RpcStatus;
 use crate::grpc::pb::inventory::v1::AgentStatus as PbStatus;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
 pub use reports::Batcher;
@@ -65,7 +67,9 @@ pub struct StreamInfo {
     /// The revision of the last desired state sent, and the last one the agent applied.
     pub desired_revision: i64,
     pub applied_revision: i64,
-    /// The last revision of the state this stream compared its desired state against.
+    /// The revision up to which this stream's desired state is known current: it compared
+    /// its state at every later revision it was woken for, and the others concerned other
+    /// agents.
     pub evaluated_revision: i64,
     pub round_trip_ms: Option<f64>,
     /// The agent's clock minus ours, from the last Pong (ms).
@@ -74,10 +78,27 @@ pub struct StreamInfo {
 
 struct Entry {
     info: StreamInfo,
-    /// Ends the stream (a takeover or a removal).
-    kick: Option<oneshot::Sender<()>>,
+    /// Ends the stream, with the reason told to the agent.
+    kick: Option<oneshot::Sender<&'static str>>,
+    /// Tells the stream a revision may change its desired state ([`router`]).
+    wake: Arc<Notify>,
+    /// The latest revision the stream was woken for.
+    wanted: i64,
     /// Asks the stream to ping its agent; answers whether it did.
     probe: mpsc::Sender<oneshot::Sender<bool>>,
+}
+
+impl Entry {
+    /// The stream's info, its evaluated revision brought up to `routed` (read before the
+    /// registry's lock) when it has evaluated every revision it was woken for: the revisions
+    /// since concerned other agents only.
+    fn info_at(&self, routed: i64) -> StreamInfo {
+        let mut info = self.info.clone();
+        if info.evaluated_revision >= self.wanted {
+            info.evaluated_revision = info.evaluated_revision.max(routed);
+        }
+        info
+    }
 }
 
 /// The agent service of one node. Cheap to clone.
@@ -87,6 +108,8 @@ pub struct AgentServer {
     cipher: Arc<Cipher>,
     registry: Arc<Mutex<HashMap<AgentId, Entry>>>,
     batcher: Batcher,
+    /// The latest revision whose streams the router has woken.
+    routed: Arc<AtomicI64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -96,26 +119,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl AgentServer {
     pub fn new(dispatcher: Dispatcher, cipher: Arc<Cipher>) -> Self {
         let batcher = Batcher::start(dispatcher.clone());
-        Self {
-            dispatcher,
+        let server = Self {
+            dispatcher: dispatcher.clone(),
             cipher,
             registry: Arc::default(),
             batcher,
-        }
+            routed: Arc::default(),
+        };
+        tokio::spawn(router::route(server.clone(), dispatcher.subscribe()));
+        server
     }
 
     /// The live streams on this node, by pmm-agent id.
     pub fn streams(&self) -> Vec<StreamInfo> {
+        let routed = self.routed.load(Ordering::SeqCst);
         let mut out: Vec<StreamInfo> = lock(&self.registry)
             .values()
-            .map(|e| e.info.clone())
+            .map(|e| e.info_at(routed))
             .collect();
         out.sort_by(|a, b| a.pmm_agent_id.cmp(&b.pmm_agent_id));
         out
     }
 
     pub fn stream(&self, id: &AgentId) -> Option<StreamInfo> {
-        lock(&self.registry).get(id).map(|e| e.info.clone())
+        let routed = self.routed.load(Ordering::SeqCst);
+        lock(&self.registry).get(id).map(|e| e.info_at(routed))
     }
 
     /// The tonic service to mount.
@@ -209,7 +237,7 @@ impl AgentServer {
             if same { reg.remove(id) } else { None }
         };
         if let Some(kick) = old.and_then(|mut o| o.kick.take()) {
-            let _ = kick.send(());
+            let _ = kick.send("another connection of this pmm-agent took over.");
         }
         Ok(())
     }
@@ -274,6 +302,7 @@ impl AgentServer {
             .unwrap_or_default();
         let (out_tx, out_rx) = mpsc::channel(OUTBOX);
         let (kick_tx, kick_rx) = oneshot::channel();
+        let wake = Arc::new(Notify::new());
         let (probe_tx, probe_rx) = mpsc::channel(1);
         let now = chrono::Utc::now();
         let info = StreamInfo {
@@ -301,6 +330,8 @@ impl AgentServer {
                 Entry {
                     info,
                     kick: Some(kick_tx),
+                    wake: wake.clone(),
+                    wanted: 0,
                     probe: probe_tx,
                 },
             );
@@ -328,7 +359,7 @@ impl AgentServer {
             last_sent: None,
             inputs: Vec::new(),
         };
-        tokio::spawn(stream.run(kick_rx, probe_rx));
+        tokio::spawn(stream.run(kick_rx, probe_rx, wake));
         let mut resp = Response::new(out_rx);
         let md = resp.metadata_mut();
         for (k, v) in [
@@ -379,17 +410,17 @@ enum End {
 impl Stream_ {
     async fn run(
         mut self,
-        mut kick: oneshot::Receiver<()>,
+        mut kick: oneshot::Receiver<&'static str>,
         mut probes: mpsc::Receiver<oneshot::Sender<bool>>,
+        wake: Arc<Notify>,
     ) {
-        let mut states = self.server.dispatcher.subscribe();
         let mut ticker = tokio::time::interval(PING_EVERY);
         ticker.tick().await;
         // Every idle stream keeps this task's future, so the rare, large steps (a render and
         // send, a message's handling, a ping) are boxed: their state exists only while they run.
         let end = loop {
             // The desired state first (on connect, and after every change that affects us).
-            if let Err(end) = Box::pin(self.evaluate(&mut states)).await {
+            if let Err(end) = Box::pin(self.evaluate()).await {
                 break end;
             }
             tokio::select! {
@@ -401,11 +432,8 @@ impl Stream_ {
                     }
                     Ok(None) | Err(_) => break End::Closed,
                 },
-                changed = states.changed() => {
-                    if changed.is_err() {
-                        break End::Kicked("server shutting down.");
-                    }
-                }
+                // The stream was registered before its first evaluation: no wake is missed.
+                () = wake.notified() => {}
                 _ = ticker.tick() => {
                     if self.last_heard.elapsed() > DEAD_AFTER {
                         break End::Dead;
@@ -420,7 +448,7 @@ impl Stream_ {
                         break End::Closed;
                     }
                 }
-                _ = &mut kick => break End::Kicked("Kicked."),
+                why = &mut kick => break End::Kicked(why.unwrap_or("Kicked.")),
             }
         };
         for p in self.probes.drain(..) {
@@ -509,8 +537,8 @@ impl Stream_ {
     /// Checks the latest state: the agent and its token still there, and its desired state
     /// sent. The snapshot is dropped before the stream waits again: an idle stream holding an
     /// old revision would keep that revision's copied paths of the state alive.
-    async fn evaluate(&mut self, states: &mut watch::Receiver<State>) -> Result<(), End> {
-        let state = states.borrow_and_update().clone();
+    async fn evaluate(&mut self) -> Result<(), End> {
+        let state = self.server.dispatcher.state();
         if !state.agents.contains_key(&self.id) {
             return Err(End::Kicked("pmm-agent removed."));
         }
