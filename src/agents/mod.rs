@@ -126,7 +126,11 @@ impl AgentServer {
             batcher,
             routed: Arc::default(),
         };
-        tokio::spawn(router::route(server.clone(), dispatcher.subscribe()));
+        // The router's first "last state" is taken now: a stream registered after this
+        // evaluates a state at least this new, so no change between is missed.
+        let mut states = dispatcher.subscribe();
+        let last = states.borrow_and_update().clone();
+        tokio::spawn(router::route(server.clone(), states, last));
         server
     }
 
@@ -331,7 +335,9 @@ impl AgentServer {
                     info,
                     kick: Some(kick_tx),
                     wake: wake.clone(),
-                    wanted: 0,
+                    // Not current before its first evaluation (which reads a state at least
+                    // this new).
+                    wanted: state.revision.max(1),
                     probe: probe_tx,
                 },
             );

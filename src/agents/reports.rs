@@ -4,7 +4,7 @@
 //! send is retried with backoff; every report's sender learns whether it was recorded, and may
 //! send it again. Connections and disconnections have no sender to retry them: those of a batch
 //! that could not be recorded (no leader for half a minute, say) are carried into the next
-//! batch, compacted to what decides each pmm-agent's final connection state, until recorded.
+//! batch, in order, until recorded.
 
 use crate::commands::agent_reports::{AgentReport, Connection, ReportAgents, ReportItem};
 use crate::commands::dispatcher::Dispatcher;
@@ -50,6 +50,8 @@ impl Batcher {
     }
 }
 
+/// Connection changes carried over at most (the oldest go first): one batch's worth.
+const MAX_CARRIED: usize = MAX_BATCH;
 /// Pause before a batch of only carried-over connections is sent again.
 const CARRY_RETRY: Duration = Duration::from_secs(5);
 
@@ -101,40 +103,29 @@ async fn run(dispatcher: Dispatcher, mut rx: mpsc::UnboundedReceiver<Item>) {
         let batch = ReportAgents { items: ordered };
         let outcome = send(&dispatcher, &Command::ReportAgents(batch.clone())).await;
         if outcome == Sent::Unavailable {
-            carried = compact(batch.items.into_iter().filter_map(|i| match i {
-                ReportItem::Connection(c) => Some(c),
-                ReportItem::State(_) => None,
-            }));
+            // All of them, in order: a disconnection applies only to the session it ends,
+            // so no shorter list is sure to end in the same state. Bounded: the newest stay.
+            carried = batch
+                .items
+                .into_iter()
+                .filter_map(|i| match i {
+                    ReportItem::Connection(c) => Some(c),
+                    ReportItem::State(_) => None,
+                })
+                .collect();
+            if carried.len() > MAX_CARRIED {
+                let dropped = carried.len() - MAX_CARRIED;
+                tracing::warn!(
+                    dropped,
+                    "oldest unrecorded pmm-agent connection changes dropped"
+                );
+                carried.drain(..dropped);
+            }
         }
         for w in waiters {
             let _ = w.send(outcome == Sent::Recorded);
         }
     }
-}
-
-/// Of each pmm-agent's connection changes, in order, what decides its final state: the last
-/// change, and when that is a disconnection, the connection of the same session just before
-/// it (a disconnection is applied only to the session it ends).
-fn compact(changes: impl DoubleEndedIterator<Item = Connection>) -> Vec<Connection> {
-    let mut kept: Vec<Connection> = Vec::new();
-    // pmm-agent -> the session whose connection may still be kept (after its disconnection).
-    let mut wanted: std::collections::HashMap<AgentId, Option<String>> = Default::default();
-    for c in changes.rev() {
-        match wanted.get(&c.pmm_agent_id) {
-            None => {
-                let next = (!c.connected).then(|| c.session.clone());
-                wanted.insert(c.pmm_agent_id.clone(), next);
-                kept.push(c);
-            }
-            Some(Some(session)) if c.connected && *session == c.session => {
-                wanted.insert(c.pmm_agent_id.clone(), None);
-                kept.push(c);
-            }
-            Some(_) => {}
-        }
-    }
-    kept.reverse();
-    kept
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -167,53 +158,4 @@ async fn send(dispatcher: &Dispatcher, cmd: &Command) -> Sent {
          connection changes are kept for the next batch"
     );
     Sent::Unavailable
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn c(agent: &str, session: &str, connected: bool) -> Connection {
-        Connection {
-            pmm_agent_id: AgentId::from(agent.to_owned()),
-            session: session.to_owned(),
-            connected,
-            version: None,
-        }
-    }
-
-    #[test]
-    fn compaction_keeps_what_decides_each_final_connection_state() {
-        let changes = vec![
-            c("a", "1", true),
-            c("b", "1", false),
-            c("a", "1", false),
-            c("c", "1", true),
-            c("a", "2", true),
-            c("c", "1", false),
-            c("c", "2", true),
-            c("a", "2", false),
-            c("b", "2", true),
-        ];
-        let kept = compact(changes.into_iter());
-        assert_eq!(
-            kept,
-            vec![
-                c("a", "2", true),
-                c("c", "2", true),
-                c("a", "2", false),
-                c("b", "2", true),
-            ]
-        );
-        // A lone disconnection (its connection was recorded earlier) is kept.
-        assert_eq!(
-            compact(vec![c("a", "1", false)].into_iter()),
-            vec![c("a", "1", false)]
-        );
-        // A disconnection of another session does not keep an older connection.
-        assert_eq!(
-            compact(vec![c("a", "1", true), c("a", "2", false)].into_iter()),
-            vec![c("a", "2", false)]
-        );
-    }
 }

@@ -107,8 +107,11 @@ fn agent(state: &State, id: &AgentId, out: &mut HashSet<AgentId>) {
 
 /// The routing task: runs until the node's state stops (the node shuts down), then ends every
 /// stream.
-pub(super) async fn route(server: AgentServer, mut states: watch::Receiver<State>) {
-    let mut last = states.borrow_and_update().clone();
+pub(super) async fn route(
+    server: AgentServer,
+    mut states: watch::Receiver<State>,
+    mut last: State,
+) {
     while states.changed().await.is_ok() {
         let next = states.borrow_and_update().clone();
         let affected = affected(&last, &next);
