@@ -1079,3 +1079,69 @@ async fn rds_groups_and_azure_exporters_are_rendered() {
         "the server's own pmm-agent runs no vmagent"
     );
 }
+
+/// A live stream whose connection the state lost (a stale close recorded, here sent by hand)
+/// records itself again at its pings; a late connection of an older stream changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_stream_records_its_connection_again_and_stale_ones_are_ignored() {
+    use pmmcp::commands::agent_reports::{Connection, ReportAgents, ReportItem};
+    use pmmcp::commands::{Command, CommandMeta};
+    let s = server().await;
+    let ids = sim::register(s.channel.clone(), &s.admin, "heal", 1)
+        .await
+        .expect("registered");
+    let me = &ids[0];
+    let id = pmmcp::domain::AgentId::from(me.agent_id.as_str());
+    let agent = sim::start(s.channel.clone(), me.clone(), Behaviour::default());
+    let recorded = || {
+        let st = s.node.dispatcher.state();
+        st.agents
+            .get(&id)
+            .filter(|a| a.connected)
+            .and_then(|a| Some((a.session.clone()?, a.session_since?)))
+    };
+    wait_until("the connection recorded", DEADLINE, || async {
+        recorded().is_some()
+    })
+    .await;
+    let (session, since) = recorded().expect("recorded");
+    let report = |item: Connection| async {
+        s.node
+            .dispatcher
+            .dispatch(
+                Command::ReportAgents(ReportAgents {
+                    items: vec![ReportItem::Connection(item)],
+                }),
+                CommandMeta::new("test"),
+            )
+            .await
+            .expect("recorded")
+    };
+    // An older stream's connection, arriving late: nothing changes.
+    report(Connection {
+        pmm_agent_id: id.clone(),
+        session: "an-older-stream".into(),
+        connected: true,
+        since: Some(since - chrono::Duration::seconds(5)),
+        version: None,
+    })
+    .await;
+    assert_eq!(recorded(), Some((session.clone(), since)));
+    // The live stream's close, recorded by mistake: the stream records itself again.
+    report(Connection {
+        pmm_agent_id: id.clone(),
+        session: session.clone(),
+        connected: false,
+        since: Some(since),
+        version: None,
+    })
+    .await;
+    assert_eq!(recorded(), None);
+    let two_pings = pmmcp::agents::PING_EVERY * 3 + DEADLINE;
+    wait_until("the stream recorded itself again", two_pings, || async {
+        recorded().is_some()
+    })
+    .await;
+    assert_eq!(recorded(), Some((session, since)));
+    agent.stop();
+}

@@ -9,7 +9,10 @@
 //!   persistent state, then the message by value); the agent's answer records the revision it
 //!   applied.
 //! - StateChanged reports and connects/disconnects become [`ReportAgents`] commands, batched
-//!   and deduplicated by [`reports::Batcher`], sent to the leader from any node.
+//!   and deduplicated by [`reports::Batcher`], sent to the leader from any node. An agent's
+//!   streams are ordered by when they opened, so a late connect of an older stream (from
+//!   another node) is not recorded; a live stream the state does not record sends its
+//!   connect again at its pings.
 //! - The server pings every [`PING_EVERY`], records round trip and clock drift, and closes a
 //!   stream whose agent stops answering; a removed pmm-agent is disconnected at once.
 //! - Each stream has a bounded outbox and reads the state through a watch (latest value only),
@@ -342,16 +345,19 @@ impl AgentServer {
                 },
             );
         }
-        self.batcher.connection(Connection {
-            pmm_agent_id: id.clone(),
-            session: session.clone(),
-            connected: true,
-            version: Some(version.clone()),
-        });
+        // Later than any stream of this agent this node knows of, even with a clock behind
+        // the node that recorded it.
+        let since = state
+            .agents
+            .get(&id)
+            .and_then(|a| a.session_since)
+            .map_or(now, |t| now.max(t + chrono::Duration::microseconds(1)));
         let stream = Stream_ {
             server: self.clone(),
             id: id.clone(),
             session,
+            since,
+            recorded: Recorded::Sent,
             version,
             token_hash,
             outstanding: Arc::default(),
@@ -365,6 +371,7 @@ impl AgentServer {
             last_sent: None,
             inputs: Vec::new(),
         };
+        self.batcher.connection(stream.connection(true));
         tokio::spawn(stream.run(kick_rx, probe_rx, wake));
         let mut resp = Response::new(out_rx);
         let md = resp.metadata_mut();
@@ -386,6 +393,10 @@ struct Stream_ {
     server: AgentServer,
     id: AgentId,
     session: String,
+    /// When this stream opened: it orders this agent's streams across nodes.
+    since: chrono::DateTime<chrono::Utc>,
+    /// Whether the state records this stream as the agent's connection.
+    recorded: Recorded,
     /// The version the agent announced (the state may not have recorded it yet).
     version: String,
     token_hash: String,
@@ -405,6 +416,16 @@ struct Stream_ {
     last_sent: Option<[u8; 32]>,
     /// Identities of what the last desired state was rendered from.
     inputs: Vec<Input>,
+}
+
+/// Whether the state records a live stream as its agent's connection, as seen at its pings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recorded {
+    /// Its connection was sent and may still be on its way.
+    Sent,
+    /// Not recorded at the last ping: sent again if still not at the next.
+    Missing,
+    Yes,
 }
 
 enum End {
@@ -444,6 +465,7 @@ impl Stream_ {
                     if self.last_heard.elapsed() > DEAD_AFTER {
                         break End::Dead;
                     }
+                    self.check_recorded();
                     if Box::pin(self.ping()).await.is_err() {
                         break End::Closed;
                     }
@@ -484,13 +506,41 @@ impl Stream_ {
             mine
         };
         if current {
-            self.server.batcher.connection(Connection {
-                pmm_agent_id: self.id.clone(),
-                session: self.session.clone(),
-                connected: false,
-                version: None,
-            });
+            self.server.batcher.connection(self.connection(false));
         }
+    }
+
+    fn connection(&self, connected: bool) -> Connection {
+        Connection {
+            pmm_agent_id: self.id.clone(),
+            session: self.session.clone(),
+            connected,
+            since: Some(self.since),
+            version: connected.then(|| self.version.clone()),
+        }
+    }
+
+    /// At each ping: a live stream the state does not record as its agent's connection (its
+    /// connection dropped with batches no leader took, or undone by a stale close) sends it
+    /// again, once two pings in a row found it missing. Where a newer stream of the agent is
+    /// recorded (with a later `since`), sending it again changes nothing.
+    fn check_recorded(&mut self) {
+        let recorded = self
+            .server
+            .dispatcher
+            .state()
+            .agents
+            .get(&self.id)
+            .is_some_and(|a| a.connected && a.session.as_deref() == Some(self.session.as_str()));
+        self.recorded = match self.recorded {
+            _ if recorded => Recorded::Yes,
+            Recorded::Sent | Recorded::Yes => Recorded::Missing,
+            Recorded::Missing => {
+                tracing::info!(pmm_agent = %self.id, "pmm-agent's connection not recorded; sending it again");
+                self.server.batcher.connection(self.connection(true));
+                Recorded::Sent
+            }
+        };
     }
 
     fn next_id(&mut self) -> u32 {

@@ -4,7 +4,8 @@
 //! send is retried with backoff; every report's sender learns whether it was recorded, and may
 //! send it again. Connections and disconnections have no sender to retry them: those of a batch
 //! that could not be recorded (no leader for half a minute, say) are carried into the next
-//! batch, in order, until recorded.
+//! batch, in order, until recorded; a live stream whose connection is still not recorded
+//! after two pings sends it again, and the copies in one batch are kept once.
 
 use crate::commands::agent_reports::{AgentReport, Connection, ReportAgents, ReportItem};
 use crate::commands::dispatcher::Dispatcher;
@@ -96,6 +97,16 @@ async fn run(dispatcher: Dispatcher, mut rx: mpsc::UnboundedReceiver<Item>) {
         for (i, item) in ordered.iter().enumerate().rev() {
             if let ReportItem::State(r) = item {
                 keep[i] = seen.insert((r.pmm_agent_id.clone(), r.agent_id.clone()));
+            }
+        }
+        // A connection said again (a live stream not yet recorded) is kept once, at its
+        // first place: a stream says it only before its own close.
+        let mut said: HashSet<(&AgentId, &str)> = HashSet::new();
+        for (i, item) in ordered.iter().enumerate() {
+            if let ReportItem::Connection(c) = item
+                && c.connected
+            {
+                keep[i] = said.insert((&c.pmm_agent_id, c.session.as_str()));
             }
         }
         let mut k = keep.into_iter();

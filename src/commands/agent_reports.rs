@@ -12,11 +12,19 @@ use crate::domain::{AgentId, AgentType};
 use crate::events::Event;
 
 /// A pmm-agent's stream opened (`connected`) or closed on `session`.
+///
+/// Streams of one pmm-agent are ordered by `since`, when the stream opened (its node's clock,
+/// and later than any stream that node knew of): a late connection from a stream older than
+/// the one recorded changes nothing, and neither does a close of a stream not recorded. A live
+/// stream that finds itself not recorded says so again ([`crate::agents`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Connection {
     pub pmm_agent_id: AgentId,
     pub session: String,
     pub connected: bool,
+    /// When the stream opened (absent: ordered after every earlier stream).
+    #[serde(default)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// The version the pmm-agent announced (on connect).
     #[serde(default)]
     pub version: Option<String>,
@@ -81,9 +89,18 @@ fn connection(d: &mut Decision<'_>, c: &Connection) {
         return;
     }
     if c.connected {
+        // A stream older than the one recorded (its connection delayed on another node).
+        if let (Some(since), Some(newest)) = (c.since, agent.session_since)
+            && since < newest
+        {
+            return;
+        }
         changed(d, &c.pmm_agent_id, |a| {
             a.connected = true;
             a.session = Some(c.session.clone());
+            if c.since.is_some() {
+                a.session_since = c.since;
+            }
             if c.version.is_some() {
                 a.version.clone_from(&c.version);
             }

@@ -476,6 +476,10 @@ pub struct Agent {
     /// older stream, arriving late from another node, does not undo a newer connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// When the newest stream recorded for this pmm-agent opened (kept after it closes): a
+    /// connection from an older stream, arriving late from another node, is not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_since: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -535,6 +539,7 @@ impl Agent {
             status,
             connected: false,
             session: None,
+            session_since: None,
             listen_port: None,
             version: None,
             process_exec_path: None,
