@@ -667,7 +667,7 @@ fn check(cmd: &mut Command, what: &str) {
 
 /// Feeds every file of `rendered` (written under `dir`) to the tool that reads it.
 fn validate(dir: &Path, rendered: &[Rendered]) {
-    files::write_all(dir, rendered, 1).expect("write");
+    files::write_all(dir, rendered, 1, &mut files::Written::default()).expect("write");
     let mut programs = Vec::new();
     let (mut rules, mut promql_rules) = (0, Vec::new());
     for f in rendered {

@@ -205,6 +205,14 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
     if std::fs::read(path).is_ok_and(|old| old == bytes) {
         return Ok(false);
     }
+    replace(path, bytes)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(true)
+}
+
+/// Replaces `path` by `bytes` atomically (temp file, fsync, rename); the rename is durable once
+/// its directory is synced ([`sync_dir`]).
+fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let name = path
@@ -224,13 +232,37 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map(|()| true)
+    result
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// What the writer knows is on disk: each file's SHA-256 as it last wrote or read it, so an
+/// unchanged file costs a `stat`, not a read. Empty at start: every file is read once.
+#[derive(Debug, Default)]
+pub struct Written {
+    files: std::collections::HashMap<String, ([u8; 32], u64)>,
+}
+
+impl Written {
+    /// Whether `path` holds bytes of `hash` and `len`.
+    fn holds(&self, rel: &str, path: &Path, hash: &[u8; 32], len: usize) -> bool {
+        match self.files.get(rel) {
+            // Still there, with that size: nothing else writes this directory.
+            Some((h, l)) if h == hash && *l == len as u64 => {
+                std::fs::metadata(path).is_ok_and(|m| m.len() == len as u64)
+            }
+            Some(_) => false,
+            None => std::fs::read(path).is_ok_and(|old| Sha256::digest(&old)[..] == hash[..]),
+        }
+    }
 }
 
 /// What `manifest.json` holds.
@@ -248,17 +280,39 @@ pub const MANIFEST: &str = "manifest.json";
 /// Writes the files of `rendered` that changed (with their manifests) and removes files this
 /// projection wrote before that are no longer rendered (a pmm-agent's push file after its last
 /// push exporter went). Returns the readers whose files changed.
-pub fn write_all(dir: &Path, rendered: &[Rendered], revision: i64) -> std::io::Result<Vec<Reader>> {
+///
+/// Each file is replaced atomically; its directory is synced once, after all of them, and the
+/// manifest is written last.
+pub fn write_all(
+    dir: &Path,
+    rendered: &[Rendered],
+    revision: i64,
+    written: &mut Written,
+) -> std::io::Result<Vec<Reader>> {
     let mut changed = Vec::new();
+    let mut dirty: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+    let mut hashes = BTreeMap::new();
     for f in rendered {
         let path = confined(dir, &f.path)?;
-        if write_if_changed(&path, &f.bytes)? {
-            changed.push(f.reader);
+        let hash: [u8; 32] = Sha256::digest(&f.bytes).into();
+        hashes.insert(f.path.clone(), hex::encode(hash));
+        if written.holds(&f.path, &path, &hash, f.bytes.len()) {
+            written
+                .files
+                .insert(f.path.clone(), (hash, f.bytes.len() as u64));
+            continue;
         }
+        // Forgotten until written: a failed write is tried again next time.
+        written.files.remove(&f.path);
+        replace(&path, &f.bytes)?;
+        written
+            .files
+            .insert(f.path.clone(), (hash, f.bytes.len() as u64));
+        dirty.insert(path.parent().unwrap_or(dir).to_path_buf());
+        changed.push(f.reader);
     }
     // Files no longer rendered (a pmm-agent that stopped pushing, a program that went), and
     // temp files a crash left behind.
-    let keep: std::collections::HashSet<&str> = rendered.iter().map(|f| f.path.as_str()).collect();
     for (sub, ext, reader) in [
         ("vmagent", ".yml", Reader::Vmagent),
         ("vmalert", ".yml", Reader::Vmalert),
@@ -277,19 +331,21 @@ pub fn write_all(dir: &Path, rendered: &[Rendered], revision: i64) -> std::io::R
             };
             if name.starts_with('.') && name.contains(".tmp-") {
                 let _ = std::fs::remove_file(e.path());
-            } else if !sub.is_empty() && name.ends_with(ext) && !keep.contains(rel.as_str()) {
+            } else if !sub.is_empty() && name.ends_with(ext) && !hashes.contains_key(&rel) {
                 std::fs::remove_file(e.path())?;
+                written.files.remove(&rel);
+                dirty.insert(dir.join(sub));
                 changed.push(reader);
             }
         }
     }
+    for d in &dirty {
+        sync_dir(d)?;
+    }
     // Last, so a manifest never names bytes that are not on disk yet.
     let manifest = Manifest {
         revision,
-        files: rendered
-            .iter()
-            .map(|f| (f.path.clone(), sha256_hex(&f.bytes)))
-            .collect(),
+        files: hashes,
     };
     let mut text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     text.push(b'\n');
@@ -332,8 +388,25 @@ pub struct Projector {
     cipher: Arc<Cipher>,
     status: Arc<Mutex<Status>>,
     cache: Arc<Mutex<scrape::JobCache>>,
+    on_disk: Arc<Mutex<Written>>,
     /// The revision of the last render written.
     written: Arc<tokio::sync::watch::Sender<i64>>,
+}
+
+/// A render for the projector's thread, and where its outcome goes.
+type Job = (
+    State,
+    tokio::sync::oneshot::Sender<std::io::Result<Vec<Reader>>>,
+);
+
+/// Lowers the calling thread's CPU priority (nice 10); best effort.
+fn lower_priority() {
+    // SAFETY: setpriority only reads its integer arguments; on Linux, PRIO_PROCESS with a
+    // thread id sets that thread's nice value (and no other's).
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, 10) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the file projection's priority");
+    }
 }
 
 /// How long the projector waits after a change for more changes to arrive.
@@ -348,6 +421,7 @@ impl Projector {
             cipher,
             status: Arc::default(),
             cache: Arc::default(),
+            on_disk: Arc::default(),
             written: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
@@ -367,7 +441,15 @@ impl Projector {
             Ok(mut cache) => render_all_cached(state, &self.cipher, &self.options, &mut cache),
             Err(_) => render_all(state, &self.cipher, &self.options),
         };
-        let changed = write_all(&self.dir, &rendered, state.revision);
+        let changed = match self.on_disk.lock() {
+            Ok(mut on_disk) => write_all(&self.dir, &rendered, state.revision, &mut on_disk),
+            Err(_) => write_all(
+                &self.dir,
+                &rendered,
+                state.revision,
+                &mut Written::default(),
+            ),
+        };
         if let Ok(mut s) = self.status.lock() {
             match &changed {
                 Ok(_) => {
@@ -386,6 +468,7 @@ impl Projector {
     /// newest state, writes what changed and runs the reload hooks. A failed write is retried
     /// with the next change or after a second.
     pub async fn run(self, mut states: tokio::sync::watch::Receiver<State>) {
+        let worker = self.worker();
         let mut last_ok: Option<i64> = None;
         // Readers owed a reload: kept until their reload succeeds. At start every reader is
         // owed one (the files may have changed while this node was down).
@@ -398,9 +481,7 @@ impl Projector {
         loop {
             let state = states.borrow_and_update().clone();
             if last_ok != Some(state.revision) {
-                let this = self.clone();
-                let st = state.clone();
-                match tokio::task::spawn_blocking(move || this.project(&st)).await {
+                match self.project_on(worker.as_ref(), state.clone()).await {
                     Ok(Ok(changed)) => {
                         last_ok = Some(state.revision);
                         pending.extend(changed);
@@ -437,6 +518,50 @@ impl Projector {
                 Err(_) => {}
             }
         }
+    }
+
+    /// The thread that renders and writes, at a lower CPU priority than the rest of the
+    /// server: a change that alters every pmm-agent's state is rendered both here and by every
+    /// stream, and the streams' copies reach the agents. `None` if it cannot be started (the
+    /// blocking pool does the work then).
+    fn worker(&self) -> Option<std::sync::mpsc::Sender<Job>> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let this = self.clone();
+        let started = std::thread::Builder::new()
+            .name("pmm-cp-files".to_owned())
+            .spawn(move || {
+                lower_priority();
+                while let Ok((state, reply)) = rx.recv() {
+                    let _ = reply.send(this.project(&state));
+                }
+            });
+        match started {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for the file projection; using the blocking pool");
+                None
+            }
+        }
+    }
+
+    async fn project_on(
+        &self,
+        worker: Option<&std::sync::mpsc::Sender<Job>>,
+        state: State,
+    ) -> Result<std::io::Result<Vec<Reader>>, String> {
+        if let Some(worker) = worker {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            worker
+                .send((state, tx))
+                .map_err(|_| "the file projection thread stopped".to_owned())?;
+            return rx
+                .await
+                .map_err(|_| "the file projection thread stopped".to_owned());
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.project(&state))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Runs the hook of `reader`, retrying with backoff (0.2 s, 0.4 s, ... at most 5 tries);
@@ -573,6 +698,63 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_writer_remembers_what_it_wrote_and_notices_a_file_gone() {
+        let dir =
+            std::env::temp_dir().join(format!("pmmcp-files-{}", uuid::Uuid::new_v4().simple()));
+        let file = |path: &str, bytes: &str, reader| Rendered {
+            path: path.to_owned(),
+            bytes: bytes.as_bytes().to_vec(),
+            reader,
+        };
+        let one = vec![
+            file(
+                "victoriametrics-promscrape.yml",
+                "a: 1\n",
+                Reader::VictoriaMetrics,
+            ),
+            file("vmagent/p1.yml", "b: 1\n", Reader::Vmagent),
+        ];
+        // Files already on disk (a restart): read once, not written again.
+        write_all(&dir, &one, 1, &mut Written::default()).expect("write");
+        let mut written = Written::default();
+        assert_eq!(
+            write_all(&dir, &one, 2, &mut written).expect("same"),
+            vec![]
+        );
+        assert_eq!(written.files.len(), 2);
+        // A file removed behind the writer's back is written again.
+        std::fs::remove_file(dir.join("vmagent/p1.yml")).expect("rm");
+        assert_eq!(
+            write_all(&dir, &one, 3, &mut written).expect("again"),
+            vec![Reader::Vmagent]
+        );
+        // A changed file is written; one no longer rendered is removed.
+        let two = vec![file(
+            "victoriametrics-promscrape.yml",
+            "a: 2\n",
+            Reader::VictoriaMetrics,
+        )];
+        assert_eq!(
+            write_all(&dir, &two, 4, &mut written).expect("changed"),
+            vec![Reader::VictoriaMetrics, Reader::Vmagent]
+        );
+        assert!(!dir.join("vmagent/p1.yml").exists());
+        assert_eq!(
+            std::fs::read(dir.join("victoriametrics-promscrape.yml")).expect("read"),
+            b"a: 2\n"
+        );
+        let manifest: Manifest =
+            serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).expect("manifest"))
+                .expect("json");
+        assert_eq!(manifest.revision, 4);
+        assert_eq!(
+            manifest.files.keys().collect::<Vec<_>>(),
+            vec!["victoriametrics-promscrape.yml"]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
