@@ -445,9 +445,13 @@ impl Stream_ {
         ticker.tick().await;
         // Every idle stream keeps this task's future, so the rare, large steps (a render and
         // send, a message's handling, a ping) are boxed: their state exists only while they run.
+        // On connect, and after every change that may affect us (the router wakes us); not
+        // after the agent's own messages, which change nothing we send.
+        let mut due = true;
         let end = loop {
-            // The desired state first (on connect, and after every change that affects us).
-            if let Err(end) = Box::pin(self.evaluate()).await {
+            if std::mem::take(&mut due)
+                && let Err(end) = Box::pin(self.evaluate()).await
+            {
                 break end;
             }
             tokio::select! {
@@ -460,7 +464,7 @@ impl Stream_ {
                     Ok(None) | Err(_) => break End::Closed,
                 },
                 // The stream was registered before its first evaluation: no wake is missed.
-                () = wake.notified() => {}
+                () = wake.notified() => due = true,
                 _ = ticker.tick() => {
                     if self.last_heard.elapsed() > DEAD_AFTER {
                         break End::Dead;
