@@ -1080,8 +1080,9 @@ async fn rds_groups_and_azure_exporters_are_rendered() {
     );
 }
 
-/// A live stream whose connection the state lost (a stale close recorded, here sent by hand)
-/// records itself again at its pings; a late connection of an older stream changes nothing.
+/// A late connection of an older stream changes nothing; a live stream whose connection the
+/// state lost (here to a dead stream whose node's clock is ahead, sent by hand) records itself
+/// again at its pings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_stream_records_its_connection_again_and_stale_ones_are_ignored() {
     use pmmcp::commands::agent_reports::{Connection, ReportAgents, ReportItem};
@@ -1127,21 +1128,28 @@ async fn a_live_stream_records_its_connection_again_and_stale_ones_are_ignored()
     })
     .await;
     assert_eq!(recorded(), Some((session.clone(), since)));
-    // The live stream's close, recorded by mistake: the stream records itself again.
-    report(Connection {
-        pmm_agent_id: id.clone(),
-        session: session.clone(),
-        connected: false,
-        since: Some(since),
-        version: None,
-    })
-    .await;
+    // A dead stream from a node whose clock runs a minute ahead, connected and closed: the
+    // agent shows disconnected, with a newest stream "later" than the live one. The live
+    // stream claims the connection again at its pings, as later than that.
+    let ahead = since + chrono::Duration::seconds(60);
+    for connected in [true, false] {
+        report(Connection {
+            pmm_agent_id: id.clone(),
+            session: "a-dead-stream".into(),
+            connected,
+            since: Some(ahead),
+            version: None,
+        })
+        .await;
+    }
     assert_eq!(recorded(), None);
-    let two_pings = pmmcp::agents::PING_EVERY * 3 + DEADLINE;
-    wait_until("the stream recorded itself again", two_pings, || async {
+    let pings = pmmcp::agents::PING_EVERY * 3 + DEADLINE;
+    wait_until("the live stream recorded itself again", pings, || async {
         recorded().is_some()
     })
     .await;
-    assert_eq!(recorded(), Some((session, since)));
+    let (again, again_since) = recorded().expect("recorded");
+    assert_eq!(again, session);
+    assert!(again_since > ahead, "{again_since} after {ahead}");
     agent.stop();
 }

@@ -525,21 +525,25 @@ impl Stream_ {
     }
 
     /// At each ping: a live stream the state does not record as its agent's connection (its
-    /// connection dropped with batches no leader took, or undone by a stale close) sends it
-    /// again, once two pings in a row found it missing. Where a newer stream of the agent is
-    /// recorded (with a later `since`), sending it again changes nothing.
+    /// connection dropped with batches no leader took, undone by a stray close, or ordered
+    /// before a dead stream's by clocks that disagree) sends it again, once two pings in a row
+    /// found it missing and the agent answered the last one. An agent holds one connection, so
+    /// the stream it answers on is its newest: the connect is sent as later than the one
+    /// recorded. A stream whose agent went quiet does not claim it (it is about to close).
     fn check_recorded(&mut self) {
-        let recorded = self
-            .server
-            .dispatcher
-            .state()
-            .agents
-            .get(&self.id)
+        let state = self.server.dispatcher.state();
+        let agent = state.agents.get(&self.id);
+        let recorded = agent
             .is_some_and(|a| a.connected && a.session.as_deref() == Some(self.session.as_str()));
+        let answering = self.last_heard.elapsed() < PING_EVERY + PING_EVERY / 2;
         self.recorded = match self.recorded {
             _ if recorded => Recorded::Yes,
             Recorded::Sent | Recorded::Yes => Recorded::Missing,
+            Recorded::Missing if !answering => Recorded::Missing,
             Recorded::Missing => {
+                if let Some(newest) = agent.and_then(|a| a.session_since) {
+                    self.since = self.since.max(newest + chrono::Duration::microseconds(1));
+                }
                 tracing::info!(pmm_agent = %self.id, "pmm-agent's connection not recorded; sending it again");
                 self.server.batcher.connection(self.connection(true));
                 Recorded::Sent
