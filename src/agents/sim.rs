@@ -37,6 +37,8 @@ pub struct SimAgent {
     pub identity: Identity,
     /// The revision of the last desired state applied (0 before the first).
     pub applied: watch::Receiver<i64>,
+    /// The same, with when its state arrived here (before this agent answered or reported).
+    pub applied_at: watch::Receiver<(i64, std::time::Instant)>,
     /// The last desired state applied.
     pub last_state: watch::Receiver<Option<SetStateRequest>>,
     /// How the last stream ended (`None` while connected or before the first).
@@ -153,6 +155,7 @@ pub async fn register(
 /// Starts a fake pmm-agent.
 pub fn start(channel: Channel, identity: Identity, behaviour: Behaviour) -> SimAgent {
     let (applied_tx, applied) = watch::channel(0);
+    let (applied_at_tx, applied_at) = watch::channel((0, std::time::Instant::now()));
     let (state_tx, last_state) = watch::channel(None);
     let (ended_tx, ended) = watch::channel(None);
     let seen = Arc::new(Seen::default());
@@ -163,6 +166,7 @@ pub fn start(channel: Channel, identity: Identity, behaviour: Behaviour) -> SimA
         behaviour,
         Outputs {
             applied: applied_tx,
+            applied_at: applied_at_tx,
             last_state: state_tx,
             ended: ended_tx,
             seen: seen.clone(),
@@ -172,6 +176,7 @@ pub fn start(channel: Channel, identity: Identity, behaviour: Behaviour) -> SimA
     SimAgent {
         identity,
         applied,
+        applied_at,
         last_state,
         ended,
         seen,
@@ -183,6 +188,7 @@ pub fn start(channel: Channel, identity: Identity, behaviour: Behaviour) -> SimA
 /// Where a fake agent publishes what it sees.
 struct Outputs {
     applied: watch::Sender<i64>,
+    applied_at: watch::Sender<(i64, std::time::Instant)>,
     last_state: watch::Sender<Option<SetStateRequest>>,
     ended: watch::Sender<Option<tonic::Status>>,
     seen: Arc<Seen>,
@@ -257,6 +263,7 @@ async fn session(
         })
         .await;
     let mut next_id = 2u32;
+    let mut first_state = true;
     let mut my_pings: std::collections::HashMap<
         u32,
         (std::time::Instant, oneshot::Sender<Duration>),
@@ -301,25 +308,48 @@ async fn session(
                     .await;
             }
             Some(P::SetState(state)) => {
+                let arrived = std::time::Instant::now();
                 let revision = state.revision;
                 let mut reports = Vec::new();
                 ports.retain(|k, _| state.agent_processes.contains_key(k));
-                for key in state.agent_processes.keys() {
+                // Like pmm-agent, only processes it (re)starts report: all of them on a new
+                // stream's first state, then the new and the changed ones.
+                let before = if first_state {
+                    None
+                } else {
+                    last_state.borrow().clone()
+                };
+                first_state = false;
+                for (key, process) in &state.agent_processes {
                     let next = 42000 + ports.len() as u32;
                     let port = *ports.entry(key.clone()).or_insert(next);
+                    let same = before
+                        .as_ref()
+                        .and_then(|b| b.agent_processes.get(key))
+                        .is_some_and(|p| p == process);
+                    if same {
+                        continue;
+                    }
                     if behaviour.flap {
                         reports.push((key.clone(), PbStatus::Waiting, 0));
                     }
                     reports.push((key.clone(), PbStatus::Running, port));
                 }
-                for key in state.builtin_agents.keys() {
-                    reports.push((key.clone(), PbStatus::Running, 0));
+                for (key, builtin) in &state.builtin_agents {
+                    let same = before
+                        .as_ref()
+                        .and_then(|b| b.builtin_agents.get(key))
+                        .is_some_and(|b| b == builtin);
+                    if !same {
+                        reports.push((key.clone(), PbStatus::Running, 0));
+                    }
                 }
                 // Seen before it is answered: once the server records the answer, the state
                 // is visible here.
                 seen.states.fetch_add(1, Ordering::SeqCst);
                 let _ = last_state.send(Some(state.clone()));
                 let _ = applied.send(revision);
+                let _ = out.applied_at.send((revision, arrived));
                 let _ = tx
                     .send(AgentMessage {
                         id: msg.id,
