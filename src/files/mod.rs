@@ -213,31 +213,114 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
 /// Replaces `path` by `bytes` atomically (temp file, fsync, rename); the rename is durable once
 /// its directory is synced ([`sync_dir`]).
 fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // A fresh name each time, created exclusively: no two writers share it and a planted
-    // file or link is not followed.
-    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
-    let result = (|| {
-        // Owner and group only: the scrape configuration holds exporter passwords.
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    let (tmp, f) = stage(path, bytes)?;
+    let result = f.sync_all().and_then(|()| {
         drop(f);
         std::fs::rename(&tmp, path)
-    })();
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Writes `bytes` to a new temp file beside `path` (not synced yet); returns its path and the
+/// open file. Removed again if writing fails.
+fn stage(path: &Path, bytes: &[u8]) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let (dir, name) = dir_and_name(path);
+    std::fs::create_dir_all(dir)?;
+    // A fresh name each time, created exclusively: no two writers share it and a planted
+    // file or link is not followed.
+    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
+    // Owner and group only: the scrape configuration holds exporter passwords.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(&tmp)?;
+    if let Err(e) = f.write_all(bytes) {
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok((tmp, f))
+}
+
+fn dir_and_name(path: &Path) -> (&Path, String) {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (dir, name)
+}
+
+/// The suffix of a file's companion: `.NAME.swap` beside `NAME`.
+const SWAP: &str = ".swap";
+
+/// Writes `bytes` over the companion of `path` (which then holds the file's previous bytes),
+/// ready to be exchanged with it: a changed file then reuses its two inodes instead of
+/// allocating a new one and freeing the old (with 10,000 files changed at once, allocating
+/// inodes among thousands just freed costs seconds of CPU on an ext4 without a journal).
+fn stage_swap(path: &Path, bytes: &[u8]) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let (dir, name) = dir_and_name(path);
+    let swap = dir.join(format!(".{name}{SWAP}"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        // A planted link is not followed.
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&swap)?;
+    f.write_all(bytes)?;
+    Ok((swap, f))
+}
+
+/// Puts a staged file in place: exchanged with the file (its companion), else renamed over it.
+fn put_in_place(swap: bool, tmp: &Path, path: &Path) -> std::io::Result<()> {
+    if swap {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        match renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RenameFlags::RENAME_EXCHANGE) {
+            Ok(()) => return Ok(()),
+            // A filesystem without the exchange (or the file gone): a plain rename.
+            Err(
+                nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS | nix::errno::Errno::ENOENT,
+            ) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    std::fs::rename(tmp, path)
+}
+
+/// Makes every staged file's bytes durable before any is renamed: one `syncfs` of the
+/// filesystem instead of an fsync per file (10,000 vmagent files change with a resolution);
+/// an fsync per file where `syncfs` fails.
+fn sync_staged(dir: &Path, staged: &[Staged]) -> std::io::Result<()> {
+    if staged.len() > 1
+        && let Ok(d) = std::fs::File::open(dir)
+        && nix::unistd::syncfs(&d).is_ok()
+    {
+        return Ok(());
+    }
+    for s in staged {
+        s.file.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A file written to its temp name, waiting for its rename.
+struct Staged {
+    /// The temp file, or the companion when `swap`.
+    tmp: PathBuf,
+    swap: bool,
+    file: std::fs::File,
+    path: PathBuf,
+    rel: String,
+    hash: [u8; 32],
+    len: u64,
+    reader: Reader,
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -281,8 +364,9 @@ pub const MANIFEST: &str = "manifest.json";
 /// projection wrote before that are no longer rendered (a pmm-agent's push file after its last
 /// push exporter went). Returns the readers whose files changed.
 ///
-/// Each file is replaced atomically; its directory is synced once, after all of them, and the
-/// manifest is written last.
+/// Each file is replaced atomically: all changed files are written to temp names and made
+/// durable together, then renamed; each directory is synced once, and the manifest is written
+/// last.
 pub fn write_all(
     dir: &Path,
     rendered: &[Rendered],
@@ -292,24 +376,54 @@ pub fn write_all(
     let mut changed = Vec::new();
     let mut dirty: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
     let mut hashes = BTreeMap::new();
-    for f in rendered {
-        let path = confined(dir, &f.path)?;
-        let hash: [u8; 32] = Sha256::digest(&f.bytes).into();
-        hashes.insert(f.path.clone(), hex::encode(hash));
-        if written.holds(&f.path, &path, &hash, f.bytes.len()) {
-            written
-                .files
-                .insert(f.path.clone(), (hash, f.bytes.len() as u64));
-            continue;
+    let mut staged: Vec<Staged> = Vec::new();
+    let outcome = (|| {
+        for f in rendered {
+            let path = confined(dir, &f.path)?;
+            let hash: [u8; 32] = Sha256::digest(&f.bytes).into();
+            hashes.insert(f.path.clone(), hex::encode(hash));
+            let len = f.bytes.len() as u64;
+            if written.holds(&f.path, &path, &hash, f.bytes.len()) {
+                written.files.insert(f.path.clone(), (hash, len));
+                continue;
+            }
+            // Forgotten until written: a failed write is tried again next time.
+            written.files.remove(&f.path);
+            let swap = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+            let (tmp, file) = if swap {
+                stage_swap(&path, &f.bytes)?
+            } else {
+                stage(&path, &f.bytes)?
+            };
+            staged.push(Staged {
+                tmp,
+                swap,
+                file,
+                path,
+                rel: f.path.clone(),
+                hash,
+                len,
+                reader: f.reader,
+            });
         }
-        // Forgotten until written: a failed write is tried again next time.
-        written.files.remove(&f.path);
-        replace(&path, &f.bytes)?;
-        written
-            .files
-            .insert(f.path.clone(), (hash, f.bytes.len() as u64));
-        dirty.insert(path.parent().unwrap_or(dir).to_path_buf());
-        changed.push(f.reader);
+        sync_staged(dir, &staged)?;
+        while let Some(s) = staged.pop() {
+            drop(s.file);
+            if let Err(e) = put_in_place(s.swap, &s.tmp, &s.path) {
+                let _ = std::fs::remove_file(&s.tmp);
+                return Err(e);
+            }
+            written.files.insert(s.rel, (s.hash, s.len));
+            dirty.insert(s.path.parent().unwrap_or(dir).to_path_buf());
+            changed.push(s.reader);
+        }
+        Ok(())
+    })();
+    if let Err(e) = outcome {
+        for s in staged {
+            let _ = std::fs::remove_file(&s.tmp);
+        }
+        return Err(e);
     }
     // Files no longer rendered (a pmm-agent that stopped pushing, a program that went), and
     // temp files a crash left behind.
@@ -329,8 +443,18 @@ pub fn write_all(
             } else {
                 format!("{sub}/{name}")
             };
+            let companion_of = name.strip_prefix('.').and_then(|n| n.strip_suffix(SWAP));
             if name.starts_with('.') && name.contains(".tmp-") {
                 let _ = std::fs::remove_file(e.path());
+            } else if let Some(of) = companion_of {
+                let of = if sub.is_empty() {
+                    of.to_owned()
+                } else {
+                    format!("{sub}/{of}")
+                };
+                if !hashes.contains_key(&of) {
+                    let _ = std::fs::remove_file(e.path());
+                }
             } else if !sub.is_empty() && name.ends_with(ext) && !hashes.contains_key(&rel) {
                 std::fs::remove_file(e.path())?;
                 written.files.remove(&rel);
@@ -406,6 +530,15 @@ fn lower_priority() {
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, 10) };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the file projection's priority");
+    }
+}
+
+/// Gives memory freed by a render back to the system. A render of every file allocates tens
+/// of megabytes on this thread's own malloc arena, which glibc keeps otherwise.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim has no preconditions; it only releases free memory of the heaps.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -533,6 +666,7 @@ impl Projector {
                 lower_priority();
                 while let Ok((state, reply)) = rx.recv() {
                     let _ = reply.send(this.project(&state));
+                    release_freed_memory();
                 }
             });
         match started {
@@ -732,17 +866,33 @@ mod tests {
             write_all(&dir, &one, 3, &mut written).expect("again"),
             vec![Reader::Vmagent]
         );
-        // A changed file is written; one no longer rendered is removed.
+        // A changed file is exchanged with its companion, which keeps the old bytes.
+        let changed = vec![
+            one[0].clone(),
+            file("vmagent/p1.yml", "b: 2\n", Reader::Vmagent),
+        ];
+        assert_eq!(
+            write_all(&dir, &changed, 4, &mut written).expect("changed"),
+            vec![Reader::Vmagent]
+        );
+        assert_eq!(
+            std::fs::read(dir.join("vmagent/p1.yml")).expect("read"),
+            b"b: 2\n"
+        );
+        let companion = dir.join("vmagent/.p1.yml.swap");
+        assert_eq!(std::fs::read(&companion).expect("companion"), b"b: 1\n");
+        // A changed file is written; one no longer rendered is removed, with its companion.
         let two = vec![file(
             "victoriametrics-promscrape.yml",
             "a: 2\n",
             Reader::VictoriaMetrics,
         )];
         assert_eq!(
-            write_all(&dir, &two, 4, &mut written).expect("changed"),
+            write_all(&dir, &two, 5, &mut written).expect("changed"),
             vec![Reader::VictoriaMetrics, Reader::Vmagent]
         );
         assert!(!dir.join("vmagent/p1.yml").exists());
+        assert!(!companion.exists());
         assert_eq!(
             std::fs::read(dir.join("victoriametrics-promscrape.yml")).expect("read"),
             b"a: 2\n"
@@ -750,7 +900,7 @@ mod tests {
         let manifest: Manifest =
             serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).expect("manifest"))
                 .expect("json");
-        assert_eq!(manifest.revision, 4);
+        assert_eq!(manifest.revision, 5);
         assert_eq!(
             manifest.files.keys().collect::<Vec<_>>(),
             vec!["victoriametrics-promscrape.yml"]
