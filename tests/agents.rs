@@ -239,12 +239,31 @@ async fn the_protocol_connects_sends_state_records_reports_and_kicks() {
         exporter.env
     );
     assert!(exporter.redact_words.contains(&"s3cret-pw".to_owned()));
-    assert!(
-        state
-            .agent_processes
-            .values()
-            .any(|p| p.r#type == inv::AgentType::NodeExporter as i32)
-    );
+    let node_exporter = state
+        .agent_processes
+        .values()
+        .find(|p| p.r#type == inv::AgentType::NodeExporter as i32)
+        .expect("node_exporter");
+    // PMM's collector set on Linux, with its netstat and vmstat field lists.
+    for arg in [
+        "--collector.netstat",
+        "--no-collector.zfs",
+        "--web.disable-exporter-metrics",
+    ] {
+        assert!(node_exporter.args.iter().any(|a| a == arg), "{arg}");
+    }
+    for (prefix, part) in [
+        ("--collector.netstat.fields=^(", "|TcpExt_(Listen.*|Syncookies.*|TCPTimeouts))$"),
+        ("--collector.vmstat.fields=^(", "|pgpg(in|out)|pswp(in|out)|pgm?a?j?fault)$"),
+    ] {
+        assert!(
+            node_exporter
+                .args
+                .iter()
+                .any(|a| a.starts_with(prefix) && a.ends_with(part)),
+            "{prefix}"
+        );
+    }
     assert!(
         state
             .agent_processes

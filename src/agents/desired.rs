@@ -47,9 +47,15 @@ pub fn render(
             continue;
         }
         let service = a.service_id.as_ref().and_then(|s| state.services.get(s));
+        let node = a
+            .node_id
+            .as_ref()
+            .or_else(|| service.map(|s| &s.node_id))
+            .and_then(|n| state.nodes.get(n));
         let ctx = Ctx {
             a,
             service: service.map(|s| &**s),
+            node: node.map(|n| &**n),
             cipher,
             version: agent_version.unwrap_or((3, 0, 0)),
         };
@@ -230,9 +236,30 @@ fn vmagent(state: &State, cipher: &Cipher, pmm_agent: &AgentId) -> AgentProcess 
     )
 }
 
+/// The netstat fields node_exporter collects: PMM's list (its dashboards read them), more than
+/// node_exporter's default.
+const NETSTAT_FIELDS: &str = concat!(
+    "^(.*_(InErrors|InErrs|InCsumErrors)",
+    "|Tcp_(ActiveOpens|PassiveOpens|RetransSegs|CurrEstab|AttemptFails|OutSegs|InSegs|EstabResets|OutRsts|OutSegs)|Tcp_Rto(Algorithm|Min|Max)",
+    "|Udp_(RcvbufErrors|SndbufErrors)|Udp(6?|Lite6?)_(InDatagrams|OutDatagrams|RcvbufErrors|SndbufErrors|NoPorts)",
+    "|Icmp6?_(OutEchoReps|OutEchos|InEchos|InEchoReps|InAddrMaskReps|InAddrMasks|OutAddrMaskReps|OutAddrMasks|InTimestampReps|InTimestamps",
+    "|OutTimestampReps|OutTimestamps|OutErrors|InDestUnreachs|OutDestUnreachs|InTimeExcds|InRedirects|OutRedirects|InMsgs|OutMsgs)",
+    "|IcmpMsg_(InType3|OutType3)|Ip(6|Ext)_(InOctets|OutOctets)|Ip_Forwarding|TcpExt_(Listen.*|Syncookies.*|TCPTimeouts))$",
+);
+
+/// The vmstat fields node_exporter collects: PMM's list.
+const VMSTAT_FIELDS: &str = concat!(
+    "^(pg(steal_(kswapd|direct)|refill|alloc)_(movable|normal|dma3?2?)",
+    "|nr_(dirty.*|slab.*|vmscan.*|isolated.*|free.*|shmem.*|i?n?active.*|anon_transparent_.*|writeback.*|unstable",
+    "|unevictable|mlock|mapped|bounce|page_table_pages|kernel_stack)|drop_slab|slabs_scanned|pgd?e?activate",
+    "|pgpg(in|out)|pswp(in|out)|pgm?a?j?fault)$",
+);
+
 struct Ctx<'a> {
     a: &'a Agent,
     service: Option<&'a Service>,
+    /// The exporter's node (else its service's).
+    node: Option<&'a crate::domain::Node>,
     cipher: &'a Cipher,
     version: (u32, u32, u32),
 }
@@ -580,6 +607,10 @@ impl Ctx<'_> {
             "--web.disable-exporter-metrics".to_owned(),
             listen,
         ];
+        // Many collectors are Linux-only: left at their defaults on macOS.
+        if self.node.is_some_and(|n| n.distro == "darwin") {
+            return args;
+        }
         const ON: [&str; 23] = [
             "bonding",
             "entropy",
@@ -635,6 +666,8 @@ impl Ctx<'_> {
         ];
         args.extend(ON.iter().map(|c| format!("--collector.{c}")));
         args.extend(OFF.iter().map(|c| format!("--no-collector.{c}")));
+        args.push(format!("--collector.netstat.fields={NETSTAT_FIELDS}"));
+        args.push(format!("--collector.vmstat.fields={VMSTAT_FIELDS}"));
         args
     }
 
@@ -939,6 +972,69 @@ mod tests {
         assert_eq!(delimiters(&["plain"]), ("{{", "}}"));
         assert_eq!(delimiters(&["pa{{ss"]), ("[[", "]]"));
         assert_eq!(delimiters(&["a}}", "b[["]), ("((", "))"));
+    }
+
+    /// node_exporter gets PMM's collector set, with its netstat and vmstat field lists, except
+    /// on macOS, where the collectors keep their defaults.
+    #[test]
+    fn node_exporter_tunes_collectors_except_on_macos() {
+        use crate::domain::{Node, NodeType};
+        use crate::events::Event;
+        let t0 = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let mut st = State::default();
+        for (i, distro) in [(0, "linux"), (1, "darwin")] {
+            st.evolve(&Event::NodeAdded {
+                node: Node {
+                    node_id: format!("n{i}").into(),
+                    node_type: NodeType::Generic,
+                    node_name: format!("node-{i}"),
+                    machine_id: None,
+                    distro: distro.to_owned(),
+                    node_model: String::new(),
+                    az: String::new(),
+                    custom_labels: BTreeMap::new(),
+                    address: format!("10.0.0.{i}"),
+                    region: None,
+                    container_id: None,
+                    container_name: None,
+                    instance_id: String::new(),
+                    is_pmm_server_node: false,
+                    created_at: t0,
+                    updated_at: t0,
+                },
+            });
+            let mut pmm_agent = Agent::new(format!("p{i}").into(), AgentType::PmmAgent, t0);
+            pmm_agent.runs_on_node_id = Some(format!("n{i}").into());
+            st.evolve(&Event::AgentAdded { agent: pmm_agent });
+            let mut exporter = Agent::new(format!("e{i}").into(), AgentType::NodeExporter, t0);
+            exporter.pmm_agent_id = Some(format!("p{i}").into());
+            exporter.node_id = Some(format!("n{i}").into());
+            st.evolve(&Event::AgentAdded { agent: exporter });
+        }
+        let cipher = Cipher::from_key(&[7; 32]);
+        let args = |p: &str| {
+            render(&st, &cipher, &AgentId::from(p), Some("3.1.0")).agent_processes
+                [&format!("e{}", &p[1..])]
+                .args
+                .clone()
+        };
+        let linux = args("p0");
+        assert!(linux.iter().any(|a| a == "--no-collector.wifi"));
+        assert!(linux.iter().any(|a| a == "--collector.vmstat"));
+        assert!(
+            linux
+                .iter()
+                .any(|a| a == &format!("--collector.netstat.fields={NETSTAT_FIELDS}"))
+        );
+        assert!(
+            linux
+                .iter()
+                .any(|a| a == &format!("--collector.vmstat.fields={VMSTAT_FIELDS}"))
+        );
+        let mac = args("p1");
+        assert!(!mac.iter().any(|a| a.contains("collector.vmstat")), "{mac:?}");
+        assert!(!mac.iter().any(|a| a.starts_with("--no-collector.")), "{mac:?}");
+        assert!(mac.iter().any(|a| a == "--web.disable-exporter-metrics"));
     }
 
     #[test]
