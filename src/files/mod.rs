@@ -258,8 +258,7 @@ fn dir_and_name(path: &Path) -> (&Path, String) {
 /// The suffix of a file's companion: `.NAME.swap` beside `NAME`.
 const SWAP: &str = ".swap";
 
-/// Writes `bytes` over the companion of `path` (which then holds the file's previous bytes),
-/// ready to be exchanged with it: a changed file then reuses its two inodes instead of
+/// Writes `bytes` over the companion of `path`, ready to be exchanged with it: a changed file then reuses its two inodes instead of
 /// allocating a new one and freeing the old (with 10,000 files changed at once, allocating
 /// inodes among thousands just freed costs seconds of CPU on an ext4 without a journal).
 fn stage_swap(path: &Path, bytes: &[u8]) -> std::io::Result<(PathBuf, std::fs::File)> {
@@ -271,11 +270,22 @@ fn stage_swap(path: &Path, bytes: &[u8]) -> std::io::Result<(PathBuf, std::fs::F
         .create(true)
         .truncate(true)
         .mode(0o640)
-        // A planted link is not followed.
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        // A planted link is not followed, nor a planted pipe waited on.
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
         .open(&swap)?;
     f.write_all(bytes)?;
     Ok((swap, f))
+}
+
+/// Empties a companion after its exchange: the previous bytes (an old exporter password) do not
+/// stay on disk. The inode is kept.
+fn forget_old_bytes(companion: &Path) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(companion);
 }
 
 /// Puts a staged file in place: exchanged with the file (its companion), else renamed over it.
@@ -284,9 +294,12 @@ fn put_in_place(swap: bool, tmp: &Path, path: &Path) -> std::io::Result<()> {
         use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
         match renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RenameFlags::RENAME_EXCHANGE) {
             Ok(()) => return Ok(()),
-            // A filesystem without the exchange (or the file gone): a plain rename.
+            // A filesystem (or a sandbox) without the exchange, or the file gone: a plain rename.
             Err(
-                nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS | nix::errno::Errno::ENOENT,
+                nix::errno::Errno::EINVAL
+                | nix::errno::Errno::ENOSYS
+                | nix::errno::Errno::ENOENT
+                | nix::errno::Errno::EPERM,
             ) => {}
             Err(e) => return Err(e.into()),
         }
@@ -297,10 +310,10 @@ fn put_in_place(swap: bool, tmp: &Path, path: &Path) -> std::io::Result<()> {
 /// Makes every staged file's bytes durable before any is renamed: one `syncfs` of the
 /// filesystem instead of an fsync per file (10,000 vmagent files change with a resolution);
 /// an fsync per file where `syncfs` fails.
-fn sync_staged(dir: &Path, staged: &[Staged]) -> std::io::Result<()> {
+fn sync_staged(dir: Option<&std::fs::File>, staged: &[Staged]) -> std::io::Result<()> {
     if staged.len() > 1
-        && let Ok(d) = std::fs::File::open(dir)
-        && nix::unistd::syncfs(&d).is_ok()
+        && let Some(d) = dir
+        && nix::unistd::syncfs(d).is_ok()
     {
         return Ok(());
     }
@@ -377,13 +390,24 @@ pub fn write_all(
     let mut dirty: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
     let mut hashes = BTreeMap::new();
     let mut staged: Vec<Staged> = Vec::new();
+    // Put in place but not yet durable (their directories are synced below): only then does
+    // the writer remember them.
+    let mut placed: Vec<(String, [u8; 32], u64)> = Vec::new();
+    // Opened before anything is written, so the one syncfs reports what fails after it.
+    let dir_fd = std::fs::File::open(dir).ok();
     let outcome = (|| {
         for f in rendered {
             let path = confined(dir, &f.path)?;
             let hash: [u8; 32] = Sha256::digest(&f.bytes).into();
             hashes.insert(f.path.clone(), hex::encode(hash));
             let len = f.bytes.len() as u64;
+            let known = written.files.contains_key(&f.path);
             if written.holds(&f.path, &path, &hash, f.bytes.len()) {
+                if !known {
+                    // Found by reading (a restart): a rename before a crash of this process
+                    // may not be durable yet.
+                    dirty.insert(path.parent().unwrap_or(dir).to_path_buf());
+                }
                 written.files.insert(f.path.clone(), (hash, len));
                 continue;
             }
@@ -406,14 +430,17 @@ pub fn write_all(
                 reader: f.reader,
             });
         }
-        sync_staged(dir, &staged)?;
+        sync_staged(dir_fd.as_ref(), &staged)?;
         while let Some(s) = staged.pop() {
             drop(s.file);
             if let Err(e) = put_in_place(s.swap, &s.tmp, &s.path) {
                 let _ = std::fs::remove_file(&s.tmp);
                 return Err(e);
             }
-            written.files.insert(s.rel, (s.hash, s.len));
+            if s.swap {
+                forget_old_bytes(&s.tmp);
+            }
+            placed.push((s.rel, s.hash, s.len));
             dirty.insert(s.path.parent().unwrap_or(dir).to_path_buf());
             changed.push(s.reader);
         }
@@ -437,6 +464,10 @@ pub fn write_all(
             continue;
         };
         for e in entries.flatten() {
+            // Only files (and links) are ours to sweep; a directory is left alone.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
             let name = e.file_name().to_string_lossy().into_owned();
             let rel = if sub.is_empty() {
                 name.clone()
@@ -465,6 +496,9 @@ pub fn write_all(
     }
     for d in &dirty {
         sync_dir(d)?;
+    }
+    for (rel, hash, len) in placed {
+        written.files.insert(rel, (hash, len));
     }
     // Last, so a manifest never names bytes that are not on disk yet.
     let manifest = Manifest {
@@ -530,15 +564,6 @@ fn lower_priority() {
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, 10) };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the file projection's priority");
-    }
-}
-
-/// Gives memory freed by a render back to the system. A render of every file allocates tens
-/// of megabytes on this thread's own malloc arena, which glibc keeps otherwise.
-fn release_freed_memory() {
-    // SAFETY: malloc_trim has no preconditions; it only releases free memory of the heaps.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
@@ -666,7 +691,6 @@ impl Projector {
                 lower_priority();
                 while let Ok((state, reply)) = rx.recv() {
                     let _ = reply.send(this.project(&state));
-                    release_freed_memory();
                 }
             });
         match started {
@@ -866,7 +890,7 @@ mod tests {
             write_all(&dir, &one, 3, &mut written).expect("again"),
             vec![Reader::Vmagent]
         );
-        // A changed file is exchanged with its companion, which keeps the old bytes.
+        // A changed file is exchanged with its companion.
         let changed = vec![
             one[0].clone(),
             file("vmagent/p1.yml", "b: 2\n", Reader::Vmagent),
@@ -880,7 +904,24 @@ mod tests {
             b"b: 2\n"
         );
         let companion = dir.join("vmagent/.p1.yml.swap");
-        assert_eq!(std::fs::read(&companion).expect("companion"), b"b: 1\n");
+        // Emptied after the exchange: the old bytes do not stay on disk.
+        assert_eq!(std::fs::read(&companion).expect("companion"), b"");
+        // Longer, then shorter bytes through the same two inodes: nothing of the old is left.
+        for (rev, bytes) in [(5, "b: 3333333333\n"), (6, "b: 4\n")] {
+            let next = vec![
+                one[0].clone(),
+                file("vmagent/p1.yml", bytes, Reader::Vmagent),
+            ];
+            assert_eq!(
+                write_all(&dir, &next, rev, &mut written).expect("again"),
+                vec![Reader::Vmagent]
+            );
+            assert_eq!(
+                std::fs::read(dir.join("vmagent/p1.yml")).expect("read"),
+                bytes.as_bytes()
+            );
+            assert_eq!(std::fs::read(&companion).expect("companion"), b"");
+        }
         // A changed file is written; one no longer rendered is removed, with its companion.
         let two = vec![file(
             "victoriametrics-promscrape.yml",
@@ -888,7 +929,7 @@ mod tests {
             Reader::VictoriaMetrics,
         )];
         assert_eq!(
-            write_all(&dir, &two, 5, &mut written).expect("changed"),
+            write_all(&dir, &two, 7, &mut written).expect("changed"),
             vec![Reader::VictoriaMetrics, Reader::Vmagent]
         );
         assert!(!dir.join("vmagent/p1.yml").exists());
@@ -900,7 +941,7 @@ mod tests {
         let manifest: Manifest =
             serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).expect("manifest"))
                 .expect("json");
-        assert_eq!(manifest.revision, 5);
+        assert_eq!(manifest.revision, 7);
         assert_eq!(
             manifest.files.keys().collect::<Vec<_>>(),
             vec!["victoriametrics-promscrape.yml"]
