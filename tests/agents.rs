@@ -253,8 +253,14 @@ async fn the_protocol_connects_sends_state_records_reports_and_kicks() {
         assert!(node_exporter.args.iter().any(|a| a == arg), "{arg}");
     }
     for (prefix, part) in [
-        ("--collector.netstat.fields=^(", "|TcpExt_(Listen.*|Syncookies.*|TCPTimeouts))$"),
-        ("--collector.vmstat.fields=^(", "|pgpg(in|out)|pswp(in|out)|pgm?a?j?fault)$"),
+        (
+            "--collector.netstat.fields=^(",
+            "|TcpExt_(Listen.*|Syncookies.*|TCPTimeouts))$",
+        ),
+        (
+            "--collector.vmstat.fields=^(",
+            "|pgpg(in|out)|pswp(in|out)|pgm?a?j?fault)$",
+        ),
     ] {
         assert!(
             node_exporter

@@ -1032,8 +1032,14 @@ mod tests {
                 .any(|a| a == &format!("--collector.vmstat.fields={VMSTAT_FIELDS}"))
         );
         let mac = args("p1");
-        assert!(!mac.iter().any(|a| a.contains("collector.vmstat")), "{mac:?}");
-        assert!(!mac.iter().any(|a| a.starts_with("--no-collector.")), "{mac:?}");
+        assert!(
+            !mac.iter().any(|a| a.contains("collector.vmstat")),
+            "{mac:?}"
+        );
+        assert!(
+            !mac.iter().any(|a| a.starts_with("--no-collector.")),
+            "{mac:?}"
+        );
         assert!(mac.iter().any(|a| a == "--web.disable-exporter-metrics"));
     }
 
