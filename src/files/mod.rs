@@ -262,30 +262,36 @@ const SWAP: &str = ".swap";
 /// allocating a new one and freeing the old (with 10,000 files changed at once, allocating
 /// inodes among thousands just freed costs seconds of CPU on an ext4 without a journal).
 fn stage_swap(path: &Path, bytes: &[u8]) -> std::io::Result<(PathBuf, std::fs::File)> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let (dir, name) = dir_and_name(path);
     let swap = dir.join(format!(".{name}{SWAP}"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o640)
-        // A planted link is not followed, nor a planted pipe waited on.
-        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
-        .open(&swap)?;
+    let mut f = open_companion(&swap, true)?;
+    // Written over, not truncated first: freeing and allocating blocks is what costs (with
+    // `discard`, a truncate waits for the device); the length is set after.
     f.write_all(bytes)?;
+    if f.metadata()?.len() != bytes.len() as u64 {
+        f.set_len(bytes.len() as u64)?;
+    }
     Ok((swap, f))
 }
 
-/// Empties a companion after its exchange: the previous bytes (an old exporter password) do not
-/// stay on disk. The inode is kept.
-fn forget_old_bytes(companion: &Path) {
+fn open_companion(path: &Path, create: bool) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let _ = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
-        .truncate(true)
+        .create(create)
+        .mode(0o640)
+        // A planted link is not followed, nor a planted pipe waited on.
         .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
-        .open(companion);
+        .open(path)
+}
+
+/// Zeroes a companion after its exchange: the previous bytes (an old exporter password) do not
+/// stay readable. Its blocks are kept for the next change.
+fn forget_old_bytes(companion: &Path) {
+    let _ = open_companion(companion, false).and_then(|mut f| {
+        let len = f.metadata()?.len();
+        f.write_all(&vec![0; usize::try_from(len).unwrap_or(0)])
+    });
 }
 
 /// Puts a staged file in place: exchanged with the file (its companion), else renamed over it.
@@ -904,10 +910,13 @@ mod tests {
             b"b: 2\n"
         );
         let companion = dir.join("vmagent/.p1.yml.swap");
-        // Emptied after the exchange: the old bytes do not stay on disk.
-        assert_eq!(std::fs::read(&companion).expect("companion"), b"");
+        // Zeroed after the exchange: the old bytes do not stay readable.
+        let zeroed = |len: usize| vec![0u8; len];
+        assert_eq!(std::fs::read(&companion).expect("companion"), zeroed(5));
         // Longer, then shorter bytes through the same two inodes: nothing of the old is left.
-        for (rev, bytes) in [(5, "b: 3333333333\n"), (6, "b: 4\n")] {
+        let mut before = "b: 2\n".len();
+        // (The third writes into a companion longer than its bytes.)
+        for (rev, bytes) in [(5, "b: 3333333333\n"), (6, "b: 4\n"), (7, "b: 5\n")] {
             let next = vec![
                 one[0].clone(),
                 file("vmagent/p1.yml", bytes, Reader::Vmagent),
@@ -920,7 +929,11 @@ mod tests {
                 std::fs::read(dir.join("vmagent/p1.yml")).expect("read"),
                 bytes.as_bytes()
             );
-            assert_eq!(std::fs::read(&companion).expect("companion"), b"");
+            assert_eq!(
+                std::fs::read(&companion).expect("companion"),
+                zeroed(before)
+            );
+            before = bytes.len();
         }
         // A changed file is written; one no longer rendered is removed, with its companion.
         let two = vec![file(
@@ -929,7 +942,7 @@ mod tests {
             Reader::VictoriaMetrics,
         )];
         assert_eq!(
-            write_all(&dir, &two, 7, &mut written).expect("changed"),
+            write_all(&dir, &two, 8, &mut written).expect("changed"),
             vec![Reader::VictoriaMetrics, Reader::Vmagent]
         );
         assert!(!dir.join("vmagent/p1.yml").exists());
@@ -941,7 +954,7 @@ mod tests {
         let manifest: Manifest =
             serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).expect("manifest"))
                 .expect("json");
-        assert_eq!(manifest.revision, 7);
+        assert_eq!(manifest.revision, 8);
         assert_eq!(
             manifest.files.keys().collect::<Vec<_>>(),
             vec!["victoriametrics-promscrape.yml"]
