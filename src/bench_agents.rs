@@ -213,6 +213,24 @@ async fn measure(
     }
     let admin = std::fs::read_to_string(&token_file).context("the admin token")?;
     let admin = admin.trim().to_owned();
+    // The secret is written before its token is recorded: wait until it is accepted.
+    let client = reqwest::Client::new();
+    loop {
+        let accepted = client
+            .get(format!("{}/v1/server/settings", server.base))
+            .bearer_auth(&admin)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if accepted {
+            break;
+        }
+        if Instant::now() > until {
+            bail!("the admin token was not accepted in time");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let t = Instant::now();
     let ids: Vec<Identity> =
         sim::register(server.channels(1)?.remove(0), &admin, "bench", n).await?;
