@@ -60,24 +60,29 @@ async fn start_server(
         .spawn()
         .context("starting pmm-cp serve")?;
     let base = format!("http://127.0.0.1:{}", ports.0);
-    let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);
+    if !answers_ok(&format!("{base}/v1/server/readyz"), None, deadline).await {
+        bail!("pmm-cp serve did not become ready");
+    }
+    Ok((Server { child, base }, started.elapsed()))
+}
+
+/// Polls `url` (with a bearer token) until it answers 2xx; false at the deadline.
+async fn answers_ok(url: &str, token: Option<&str>, deadline: Instant) -> bool {
+    let client = reqwest::Client::new();
     loop {
-        let ok = client
-            .get(format!("{base}/v1/server/readyz"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ok {
-            break;
+        let mut req = client.get(url).timeout(Duration::from_secs(2));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if req.send().await.is_ok_and(|r| r.status().is_success()) {
+            return true;
         }
         if Instant::now() > deadline {
-            bail!("pmm-cp serve did not become ready");
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok((Server { child, base }, started.elapsed()))
 }
 
 impl Server {
@@ -214,22 +219,9 @@ async fn measure(
     let admin = std::fs::read_to_string(&token_file).context("the admin token")?;
     let admin = admin.trim().to_owned();
     // The secret is written before its token is recorded: wait until it is accepted.
-    let client = reqwest::Client::new();
-    loop {
-        let accepted = client
-            .get(format!("{}/v1/server/settings", server.base))
-            .bearer_auth(&admin)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if accepted {
-            break;
-        }
-        if Instant::now() > until {
-            bail!("the admin token was not accepted in time");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let settings = format!("{}/v1/server/settings", server.base);
+    if !answers_ok(&settings, Some(&admin), until).await {
+        bail!("the admin token was not accepted in time");
     }
     let t = Instant::now();
     let ids: Vec<Identity> =
