@@ -445,8 +445,9 @@ impl Stream_ {
         ticker.tick().await;
         // Every idle stream keeps this task's future, so the rare, large steps (a render and
         // send, a message's handling, a ping) are boxed: their state exists only while they run.
-        // On connect, and after every change that may affect us (the router wakes us); not
-        // after the agent's own messages, which change nothing we send.
+        // On connect, after every change that may affect us (the router wakes us), and at each
+        // ping as a safety net (an unchanged state costs a comparison); not after the agent's
+        // own messages, which change nothing we send.
         let mut due = true;
         let end = loop {
             if std::mem::take(&mut due)
@@ -473,6 +474,7 @@ impl Stream_ {
                     if Box::pin(self.ping()).await.is_err() {
                         break End::Closed;
                     }
+                    due = true;
                 }
                 Some(probe) = probes.recv() => {
                     self.probes.push(probe);
