@@ -314,36 +314,35 @@ async fn session(
                 ports.retain(|k, _| state.agent_processes.contains_key(k));
                 // Like pmm-agent, only processes it (re)starts report: all of them on a new
                 // stream's first state, then the new and the changed ones.
-                let before = if first_state {
-                    None
-                } else {
-                    last_state.borrow().clone()
-                };
+                {
+                    // The previous state is read in place (a guard, not a copy), and let go
+                    // before the new one is published.
+                    let previous = last_state.borrow();
+                    let before = if first_state { None } else { previous.as_ref() };
+                    for (key, process) in &state.agent_processes {
+                        let next = 42000 + ports.len() as u32;
+                        let port = *ports.entry(key.clone()).or_insert(next);
+                        let same = before
+                            .and_then(|b| b.agent_processes.get(key))
+                            .is_some_and(|p| p == process);
+                        if same {
+                            continue;
+                        }
+                        if behaviour.flap {
+                            reports.push((key.clone(), PbStatus::Waiting, 0));
+                        }
+                        reports.push((key.clone(), PbStatus::Running, port));
+                    }
+                    for (key, builtin) in &state.builtin_agents {
+                        let same = before
+                            .and_then(|b| b.builtin_agents.get(key))
+                            .is_some_and(|b| b == builtin);
+                        if !same {
+                            reports.push((key.clone(), PbStatus::Running, 0));
+                        }
+                    }
+                }
                 first_state = false;
-                for (key, process) in &state.agent_processes {
-                    let next = 42000 + ports.len() as u32;
-                    let port = *ports.entry(key.clone()).or_insert(next);
-                    let same = before
-                        .as_ref()
-                        .and_then(|b| b.agent_processes.get(key))
-                        .is_some_and(|p| p == process);
-                    if same {
-                        continue;
-                    }
-                    if behaviour.flap {
-                        reports.push((key.clone(), PbStatus::Waiting, 0));
-                    }
-                    reports.push((key.clone(), PbStatus::Running, port));
-                }
-                for (key, builtin) in &state.builtin_agents {
-                    let same = before
-                        .as_ref()
-                        .and_then(|b| b.builtin_agents.get(key))
-                        .is_some_and(|b| b == builtin);
-                    if !same {
-                        reports.push((key.clone(), PbStatus::Running, 0));
-                    }
-                }
                 // Seen before it is answered: once the server records the answer, the state
                 // is visible here.
                 seen.states.fetch_add(1, Ordering::SeqCst);
