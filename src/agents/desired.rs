@@ -978,31 +978,14 @@ mod tests {
     /// on macOS, where the collectors keep their defaults.
     #[test]
     fn node_exporter_tunes_collectors_except_on_macos() {
-        use crate::domain::{Node, NodeType};
+        use crate::agents::router::tests::{node, t0};
         use crate::events::Event;
-        let t0 = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let t0 = t0();
         let mut st = State::default();
         for (i, distro) in [(0, "linux"), (1, "darwin")] {
-            st.evolve(&Event::NodeAdded {
-                node: Node {
-                    node_id: format!("n{i}").into(),
-                    node_type: NodeType::Generic,
-                    node_name: format!("node-{i}"),
-                    machine_id: None,
-                    distro: distro.to_owned(),
-                    node_model: String::new(),
-                    az: String::new(),
-                    custom_labels: BTreeMap::new(),
-                    address: format!("10.0.0.{i}"),
-                    region: None,
-                    container_id: None,
-                    container_name: None,
-                    instance_id: String::new(),
-                    is_pmm_server_node: false,
-                    created_at: t0,
-                    updated_at: t0,
-                },
-            });
+            let mut n = node(i, 0);
+            n.distro = distro.to_owned();
+            st.evolve(&Event::NodeAdded { node: n });
             let mut pmm_agent = Agent::new(format!("p{i}").into(), AgentType::PmmAgent, t0);
             pmm_agent.runs_on_node_id = Some(format!("n{i}").into());
             st.evolve(&Event::AgentAdded { agent: pmm_agent });

@@ -149,17 +149,18 @@ pub(super) async fn route(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::domain::{Agent, AgentStatus, Node, NodeType, Service, ServiceType};
     use crate::events::Event;
     use proptest::prelude::*;
 
-    fn t0() -> chrono::DateTime<chrono::Utc> {
+    pub(in crate::agents) fn t0() -> chrono::DateTime<chrono::Utc> {
         chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default()
     }
 
-    fn node(i: u8, label: u8) -> Node {
+    /// Node `n{i}` (linux, address 10.0.0.i) with label `l` = `label`.
+    pub(in crate::agents) fn node(i: u8, label: u8) -> Node {
         Node {
             node_id: format!("n{i}").into(),
             node_type: NodeType::Generic,

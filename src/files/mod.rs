@@ -258,9 +258,10 @@ fn dir_and_name(path: &Path) -> (&Path, String) {
 /// The suffix of a file's companion: `.NAME.swap` beside `NAME`.
 const SWAP: &str = ".swap";
 
-/// Writes `bytes` over the companion of `path`, ready to be exchanged with it: a changed file then reuses its two inodes instead of
-/// allocating a new one and freeing the old (with 10,000 files changed at once, allocating
-/// inodes among thousands just freed costs seconds of CPU on an ext4 without a journal).
+/// Writes `bytes` over the companion of `path`, ready to be exchanged with it: a changed file
+/// then reuses its two inodes instead of allocating a new one and freeing the old (with 10,000
+/// files changed at once, allocating inodes among thousands just freed costs seconds of CPU on
+/// an ext4 without a journal).
 fn stage_swap(path: &Path, bytes: &[u8]) -> std::io::Result<(PathBuf, std::fs::File)> {
     let (dir, name) = dir_and_name(path);
     let swap = dir.join(format!(".{name}{SWAP}"));
@@ -475,21 +476,19 @@ pub fn write_all(
                 continue;
             }
             let name = e.file_name().to_string_lossy().into_owned();
-            let rel = if sub.is_empty() {
-                name.clone()
-            } else {
-                format!("{sub}/{name}")
+            let rel_of = |name: &str| {
+                if sub.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{sub}/{name}")
+                }
             };
+            let rel = rel_of(&name);
             let companion_of = name.strip_prefix('.').and_then(|n| n.strip_suffix(SWAP));
             if name.starts_with('.') && name.contains(".tmp-") {
                 let _ = std::fs::remove_file(e.path());
             } else if let Some(of) = companion_of {
-                let of = if sub.is_empty() {
-                    of.to_owned()
-                } else {
-                    format!("{sub}/{of}")
-                };
-                if !hashes.contains_key(&of) {
+                if !hashes.contains_key(&rel_of(of)) {
                     let _ = std::fs::remove_file(e.path());
                 }
             } else if !sub.is_empty() && name.ends_with(ext) && !hashes.contains_key(&rel) {
