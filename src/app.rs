@@ -234,7 +234,11 @@ pub async fn serve(
         .with_context(|| format!("binding the query API address {}", args.api_addr))?;
     let api_addr = api_listener.local_addr()?;
     // pmm-agent streams, on the public port.
-    let agents = crate::agents::AgentServer::new(dispatcher.clone(), Arc::new(cipher.clone()));
+    let agents = crate::agents::AgentServer::new(
+        dispatcher.clone(),
+        Arc::new(cipher.clone()),
+        args.exporter_auth_cost,
+    );
     let query = crate::api::QueryApi {
         pool: database.pool.clone(),
         dispatcher: dispatcher.clone(),

@@ -239,11 +239,33 @@ async fn the_protocol_connects_sends_state_records_reports_and_kicks() {
         exporter.env
     );
     assert!(exporter.redact_words.contains(&"s3cret-pw".to_owned()));
-    let node_exporter = state
+    let (node_exporter_id, node_exporter) = state
         .agent_processes
-        .values()
-        .find(|p| p.r#type == inv::AgentType::NodeExporter as i32)
+        .iter()
+        .find(|(_, p)| p.r#type == inv::AgentType::NodeExporter as i32)
         .expect("node_exporter");
+    // A 3.x pmm-agent protects node_exporter with a web-config file: the bcrypt hash of its
+    // password (the agent id, none being set) with PMM's salt, flag appended after the sort.
+    assert_eq!(
+        node_exporter.args.last().map(String::as_str),
+        Some("--web.config.file={{ .TextFiles.webConfigPlaceholder }}")
+    );
+    let web_config = &node_exporter.text_files["webConfigPlaceholder"];
+    let hash = web_config
+        .strip_prefix("basic_auth_users:\n    pmm: ")
+        .and_then(|h| h.strip_suffix('\n'))
+        .expect(web_config);
+    assert_eq!(
+        hash,
+        pmmcp::agents::web_auth::hash(node_exporter_id, node_exporter_id, 4).unwrap()
+    );
+    assert!(bcrypt::verify(node_exporter_id, hash).unwrap());
+    assert!(
+        !node_exporter
+            .env
+            .iter()
+            .any(|e| e.starts_with("HTTP_AUTH="))
+    );
     // PMM's collector set on Linux, with its netstat and vmstat field lists.
     for arg in [
         "--collector.netstat",

@@ -8,8 +8,12 @@ mod given;
 use chrono::{DateTime, Duration, Utc};
 use given::*;
 use pmmcp::commands::Command;
-use pmmcp::commands::agent_reports::{AgentReport, Connection, ReportAgents, ReportItem};
-use pmmcp::domain::{AgentId, AgentStatus, AgentType};
+use pmmcp::commands::agent_reports::{
+    AgentReport, Connection, ReportAgents, ReportItem, WebAuthHash,
+};
+use pmmcp::crypto::Cipher;
+use pmmcp::domain::{AgentId, AgentStatus, AgentType, Sealed};
+use pmmcp::events::Event;
 
 fn at(secs: i64) -> DateTime<Utc> {
     DateTime::<Utc>::UNIX_EPOCH + Duration::seconds(1_800_000_000 + secs)
@@ -161,4 +165,47 @@ fn reports_about_unknown_agents_or_another_pmm_agents_agent_are_skipped() {
             stream(&AgentId::from("/agent_id/gone".to_owned()), "x", true, 5),
         ]))
         .emits_nothing();
+}
+
+fn web_auth(agent: &AgentId, for_password: Option<Sealed>, hash: &Sealed) -> ReportItem {
+    ReportItem::WebAuth(WebAuthHash {
+        agent_id: agent.clone(),
+        for_password,
+        hash: hash.clone(),
+    })
+}
+
+#[test]
+fn a_web_config_hash_is_recorded_once_and_only_for_the_current_password() {
+    let cipher = Cipher::from_key(&[7; 32]);
+    let (first, second) = (cipher.seal("$2a$10$first"), cipher.seal("$2a$10$second"));
+    // A hash of a password the agent no longer has (it had none: the id) is stale.
+    let (given, _, exporter) = host();
+    given
+        .when(batch(vec![web_auth(
+            &exporter,
+            Some(cipher.seal("old")),
+            &first,
+        )]))
+        .emits_nothing();
+    let (given, _, exporter) = host();
+    let mut given = given.with(batch(vec![web_auth(&exporter, None, &first)]));
+    assert_eq!(given.agent(&exporter).web_auth_hash(), Some(&first));
+    // Another node's hash of the same password does not replace it.
+    assert!(
+        given
+            .run(batch(vec![web_auth(&exporter, None, &second)]))
+            .is_empty()
+    );
+    // Once the password changes, the recorded hash is not the agent's; a hash of the new
+    // password is recorded.
+    let mut changed = given.agent(&exporter);
+    let password = cipher.seal("new");
+    changed.agent_password = Some(password.clone());
+    let given = given.event(Event::AgentChanged { agent: changed });
+    assert_eq!(given.agent(&exporter).web_auth_hash(), None);
+    let after = given
+        .when(batch(vec![web_auth(&exporter, Some(password), &second)]))
+        .state_after();
+    assert_eq!(after.agents[&exporter].web_auth_hash(), Some(&second));
 }

@@ -48,6 +48,7 @@ fn args(data_dir: &Path, database_url: Option<String>) -> ServeArgs {
         api_addr: "127.0.0.1:0".parse().expect("addr"),
         max_batch: 512,
         db_connections: 4,
+        exporter_auth_cost: 4,
         cluster: ClusterArgs {
             raft_addr: "127.0.0.1:0".parse().expect("addr"),
             ..ClusterArgs::default()

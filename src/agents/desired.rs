@@ -18,6 +18,15 @@ use std::collections::BTreeMap;
 /// Where pmm-agent keeps its collectors' files (`paths_base` for agents before 2.23).
 const LEGACY_PATHS_BASE: &str = "/usr/local/percona/pmm";
 
+/// A rendered desired state.
+pub struct Desired {
+    pub state: SetStateRequest,
+    /// Exporters left out because their web-config hash is not recorded yet
+    /// ([`super::web_auth`]): a state without them must not be sent (pmm-agent would stop
+    /// them).
+    pub awaiting_hash: Vec<AgentId>,
+}
+
 /// The desired state of `pmm_agent` (without its revision). `announced` is the version the
 /// agent gave when it connected, which the state may not have recorded yet.
 pub fn render(
@@ -25,14 +34,16 @@ pub fn render(
     cipher: &Cipher,
     pmm_agent: &AgentId,
     announced: Option<&str>,
-) -> SetStateRequest {
+) -> Desired {
     let agent_version = version(announced).or_else(|| {
         state
             .agents
             .get(pmm_agent)
             .and_then(|a| version(a.version.as_deref()))
     });
+    let version = agent_version.unwrap_or((3, 0, 0));
     let mut out = SetStateRequest::default();
+    let mut awaiting_hash = Vec::new();
     let mut rds: BTreeMap<String, Vec<&Agent>> = BTreeMap::new();
     for id in state.children_of(pmm_agent) {
         let Some(a) = state.agents.get(&id) else {
@@ -52,12 +63,23 @@ pub fn render(
             .as_ref()
             .or_else(|| service.map(|s| &s.node_id))
             .and_then(|n| state.nodes.get(n));
+        let web_config = match web_config_flag(a.agent_type, version) {
+            None => None,
+            Some(flag) => match a.web_auth_hash().and_then(|h| cipher.open(h).ok()) {
+                Some(hash) => Some((flag, hash)),
+                None => {
+                    awaiting_hash.push(id);
+                    continue;
+                }
+            },
+        };
         let ctx = Ctx {
             a,
             service: service.map(|s| &**s),
             node: node.map(|n| &**n),
             cipher,
-            version: agent_version.unwrap_or((3, 0, 0)),
+            version,
+            web_config,
         };
         if a.agent_type.is_qan() {
             if let Some(b) = ctx.builtin() {
@@ -79,7 +101,22 @@ pub fn render(
         out.agent_processes
             .insert(vmagent_key(pmm_agent), vmagent(state, cipher, pmm_agent));
     }
-    out
+    Desired {
+        state: out,
+        awaiting_hash,
+    }
+}
+
+/// The flag of an exporter that reads its basic auth from a web-config file at this
+/// pmm-agent version, else `None` (`HTTP_AUTH` in its environment), as PMM decides.
+fn web_config_flag(t: AgentType, version: (u32, u32, u32)) -> Option<&'static str> {
+    use AgentType::*;
+    match t {
+        NodeExporter if version >= (3, 0, 0) => Some("--web.config.file"),
+        NodeExporter | MongodbExporter if version >= (2, 28, 0) => Some("--web.config"),
+        PostgresExporter if version >= (2, 30, 99) => Some("--web.config"),
+        _ => None,
+    }
 }
 
 /// The key of the process that runs a pmm-agent's RDS exporters of one AWS access key.
@@ -262,6 +299,8 @@ struct Ctx<'a> {
     node: Option<&'a crate::domain::Node>,
     cipher: &'a Cipher,
     version: (u32, u32, u32),
+    /// The web-config flag and the password hash, when the exporter takes its auth that way.
+    web_config: Option<(&'static str, String)>,
 }
 
 fn pb_type(t: AgentType) -> i32 {
@@ -431,7 +470,10 @@ impl Ctx<'_> {
             "--web.listen-address={}:{l} .listen_port {r}",
             self.listen_address()
         );
-        let mut env = vec![format!("HTTP_AUTH=pmm:{}", self.http_password())];
+        let mut env = Vec::new();
+        if self.web_config.is_none() {
+            env.push(format!("HTTP_AUTH=pmm:{}", self.http_password()));
+        }
         let mut text_files = BTreeMap::new();
         let (args, prefix) = match self.a.agent_type {
             NodeExporter => (self.node_exporter(listen, delims), "--collector."),
@@ -497,7 +539,15 @@ impl Ctx<'_> {
         };
         let mut args = args;
         self.log_level(&mut args);
-        let args = self.finish_args(args, prefix);
+        let mut args = self.finish_args(args, prefix);
+        // After the sort, as PMM appends it.
+        if let Some((flag, hash)) = &self.web_config {
+            args.push(format!("{flag}={l} .TextFiles.webConfigPlaceholder {r}"));
+            text_files.insert(
+                "webConfigPlaceholder".to_owned(),
+                format!("basic_auth_users:\n    pmm: {hash}\n"),
+            );
+        }
         env.sort();
         Some(AgentProcess {
             r#type: pb_type(self.a.agent_type),
@@ -966,6 +1016,7 @@ fn enc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::agent::WebAuth;
 
     #[test]
     fn delimiters_avoid_what_the_inputs_contain() {
@@ -981,6 +1032,7 @@ mod tests {
         use crate::agents::router::tests::{node, t0};
         use crate::events::Event;
         let t0 = t0();
+        let cipher = Cipher::from_key(&[7; 32]);
         let mut st = State::default();
         for (i, distro) in [(0, "linux"), (1, "darwin")] {
             let mut n = node(i, 0);
@@ -992,12 +1044,16 @@ mod tests {
             let mut exporter = Agent::new(format!("e{i}").into(), AgentType::NodeExporter, t0);
             exporter.pmm_agent_id = Some(format!("p{i}").into());
             exporter.node_id = Some(format!("n{i}").into());
+            exporter.web_auth = Some(WebAuth {
+                for_password: None,
+                hash: cipher.seal("$2a$10$h"),
+            });
             st.evolve(&Event::AgentAdded { agent: exporter });
         }
-        let cipher = Cipher::from_key(&[7; 32]);
         let args = |p: &str| {
-            render(&st, &cipher, &AgentId::from(p), Some("3.1.0")).agent_processes
-                [&format!("e{}", &p[1..])]
+            render(&st, &cipher, &AgentId::from(p), Some("3.1.0"))
+                .state
+                .agent_processes[&format!("e{}", &p[1..])]
                 .args
                 .clone()
         };
@@ -1030,5 +1086,74 @@ mod tests {
     fn urls_encode_what_is_not_unreserved() {
         assert_eq!(enc("p@ss:w/rd%"), "p%40ss%3Aw%2Frd%25");
         assert_eq!(enc("plain-1.2_~"), "plain-1.2_~");
+    }
+
+    /// node_exporter, mongodb_exporter and postgres_exporter of newer pmm-agents read their
+    /// basic auth from a web-config file holding the recorded hash; without a hash for the
+    /// current password the exporter waits; older agents and mysqld_exporter get HTTP_AUTH.
+    #[test]
+    fn newer_agents_get_a_web_config_once_its_hash_is_recorded() {
+        use crate::agents::router::tests::{node, t0};
+        use crate::events::Event;
+        let cipher = Cipher::from_key(&[7; 32]);
+        let mut st = State::default();
+        st.evolve(&Event::NodeAdded { node: node(0, 0) });
+        let mut pmm_agent = Agent::new("p".into(), AgentType::PmmAgent, t0());
+        pmm_agent.runs_on_node_id = Some("n0".into());
+        st.evolve(&Event::AgentAdded { agent: pmm_agent });
+        let mut exporter = Agent::new("e".into(), AgentType::NodeExporter, t0());
+        exporter.pmm_agent_id = Some("p".into());
+        exporter.node_id = Some("n0".into());
+        st.evolve(&Event::AgentAdded {
+            agent: exporter.clone(),
+        });
+        let at = |st: &State, v: &str| render(st, &cipher, &AgentId::from("p"), Some(v));
+
+        let waiting = at(&st, "3.0.0");
+        assert_eq!(waiting.awaiting_hash, vec![AgentId::from("e")]);
+        assert!(!waiting.state.agent_processes.contains_key("e"));
+        let legacy = at(&st, "2.27.0");
+        assert!(legacy.awaiting_hash.is_empty());
+        assert_eq!(
+            legacy.state.agent_processes["e"].env,
+            vec!["HTTP_AUTH=pmm:e"]
+        );
+
+        exporter.web_auth = Some(WebAuth {
+            for_password: None,
+            hash: cipher.seal("$2a$10$abc"),
+        });
+        st.evolve(&Event::AgentChanged {
+            agent: exporter.clone(),
+        });
+        for (v, flag) in [("3.0.0", "--web.config.file"), ("2.28.0", "--web.config")] {
+            let r = at(&st, v);
+            assert!(r.awaiting_hash.is_empty());
+            let p = &r.state.agent_processes["e"];
+            assert_eq!(
+                p.args.last(),
+                Some(&format!("{flag}={{{{ .TextFiles.webConfigPlaceholder }}}}"))
+            );
+            assert_eq!(
+                p.text_files["webConfigPlaceholder"],
+                "basic_auth_users:\n    pmm: $2a$10$abc\n"
+            );
+            assert!(p.env.is_empty(), "{:?}", p.env);
+        }
+
+        // A hash of an earlier password is not used.
+        exporter.agent_password = Some(cipher.seal("new"));
+        st.evolve(&Event::AgentChanged { agent: exporter });
+        assert_eq!(at(&st, "3.0.0").awaiting_hash, vec![AgentId::from("e")]);
+
+        assert_eq!(
+            web_config_flag(AgentType::PostgresExporter, (2, 30, 0)),
+            None
+        );
+        assert_eq!(
+            web_config_flag(AgentType::PostgresExporter, (2, 30, 99)),
+            Some("--web.config")
+        );
+        assert_eq!(web_config_flag(AgentType::MysqldExporter, (3, 5, 0)), None);
     }
 }

@@ -23,6 +23,7 @@ pub mod reports;
 mod router;
 mod service;
 pub mod sim;
+pub mod web_auth;
 
 use crate::commands::agent_reports::{AgentReport, Connection};
 use crate::commands::dispatcher::Dispatcher;
@@ -111,6 +112,7 @@ pub struct AgentServer {
     cipher: Arc<Cipher>,
     registry: Arc<Mutex<HashMap<AgentId, Entry>>>,
     batcher: Batcher,
+    hasher: web_auth::Hasher,
     /// The latest revision whose streams the router has woken.
     routed: Arc<AtomicI64>,
 }
@@ -120,13 +122,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AgentServer {
-    pub fn new(dispatcher: Dispatcher, cipher: Arc<Cipher>) -> Self {
+    /// `hash_cost`: the bcrypt cost of exporters' web-config hashes ([`web_auth`]).
+    pub fn new(dispatcher: Dispatcher, cipher: Arc<Cipher>, hash_cost: u32) -> Self {
         let batcher = Batcher::start(dispatcher.clone());
+        let hasher = web_auth::Hasher::start(cipher.clone(), batcher.clone(), hash_cost);
         let server = Self {
             dispatcher: dispatcher.clone(),
             cipher,
             registry: Arc::default(),
             batcher,
+            hasher,
             routed: Arc::default(),
         };
         // The router's first "last state" is taken now: a stream registered after this
@@ -626,8 +631,21 @@ impl Stream_ {
         if self.last_sent.is_some() && same {
             return Ok(());
         }
-        let mut desired =
-            desired::render(state, &self.server.cipher, &self.id, Some(&self.version));
+        let desired::Desired {
+            state: mut desired,
+            awaiting_hash,
+        } = desired::render(state, &self.server.cipher, &self.id, Some(&self.version));
+        if !awaiting_hash.is_empty() {
+            // Sent once every hash is recorded: that change wakes us. Until then the inputs
+            // are forgotten, so that a later evaluation (a ping's) renders, and asks, again.
+            for id in &awaiting_hash {
+                if let Some(a) = state.agents.get(id) {
+                    self.server.hasher.request(id, &a.agent_password);
+                }
+            }
+            self.inputs.clear();
+            return Ok(());
+        }
         // The message encodes the same bytes for the same content (sorted maps), so its hash
         // stands in for the last message sent.
         let hash: [u8; 32] = {

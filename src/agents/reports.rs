@@ -7,7 +7,9 @@
 //! batch, in order, until recorded; a live stream whose connection is still not recorded
 //! after two pings sends it again, and the copies in one batch are kept once.
 
-use crate::commands::agent_reports::{AgentReport, Connection, ReportAgents, ReportItem};
+use crate::commands::agent_reports::{
+    AgentReport, Connection, ReportAgents, ReportItem, WebAuthHash,
+};
 use crate::commands::dispatcher::Dispatcher;
 use crate::commands::{Command, CommandMeta};
 use crate::domain::AgentId;
@@ -23,6 +25,7 @@ const MAX_BATCH: usize = 5_000;
 enum Item {
     Connection(Connection),
     Report(AgentReport, oneshot::Sender<bool>),
+    WebAuth(WebAuthHash),
 }
 
 /// Hands reports to the batcher task. Cheap to clone.
@@ -41,6 +44,12 @@ impl Batcher {
 
     pub fn connection(&self, c: Connection) {
         let _ = self.tx.send(Item::Connection(c));
+    }
+
+    /// Queues a web-config hash. Not retried here: a stream that still finds no hash asks
+    /// the hasher again at its next evaluation, which sends the one it remembers.
+    pub fn web_auth(&self, w: WebAuthHash) {
+        let _ = self.tx.send(Item::WebAuth(w));
     }
 
     /// Queues a report; the receiver says whether it was recorded.
@@ -90,6 +99,7 @@ async fn run(dispatcher: Dispatcher, mut rx: mpsc::UnboundedReceiver<Item>) {
                     waiters.push(done);
                     ordered.push(ReportItem::State(r));
                 }
+                Item::WebAuth(w) => ordered.push(ReportItem::WebAuth(w)),
             }
         }
         let mut seen: HashSet<(AgentId, AgentId)> = HashSet::new();
@@ -121,7 +131,7 @@ async fn run(dispatcher: Dispatcher, mut rx: mpsc::UnboundedReceiver<Item>) {
                 .into_iter()
                 .filter_map(|i| match i {
                     ReportItem::Connection(c) => Some(c),
-                    ReportItem::State(_) => None,
+                    ReportItem::State(_) | ReportItem::WebAuth(_) => None,
                 })
                 .collect();
             if carried.len() > MAX_CARRIED {

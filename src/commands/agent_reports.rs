@@ -8,7 +8,8 @@
 
 use super::{Decision, Rejection};
 use crate::domain::agent::AgentStatus;
-use crate::domain::{AgentId, AgentType};
+use crate::domain::agent::WebAuth;
+use crate::domain::{AgentId, AgentType, Sealed};
 use crate::events::Event;
 
 /// A pmm-agent's stream opened (`connected`) or closed on `session`.
@@ -43,11 +44,21 @@ pub struct AgentReport {
     pub version: Option<String>,
 }
 
+/// An exporter's web-config hash, computed by the node that serves its pmm-agent from the
+/// agent password it read in the state (sealed as stored, `None` for the agent id).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WebAuthHash {
+    pub agent_id: AgentId,
+    pub for_password: Option<Sealed>,
+    pub hash: Sealed,
+}
+
 /// One fact of a batch.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReportItem {
     Connection(Connection),
     State(AgentReport),
+    WebAuth(WebAuthHash),
 }
 
 /// A batch of reports, applied in the order they arrived (a report, then a disconnect, leaves
@@ -63,6 +74,7 @@ impl ReportAgents {
             match item {
                 ReportItem::Connection(c) => connection(d, c),
                 ReportItem::State(r) => report(d, r),
+                ReportItem::WebAuth(w) => web_auth(d, w),
             }
         }
         Ok(())
@@ -162,5 +174,22 @@ fn report(d: &mut Decision<'_>, r: &AgentReport) {
         if r.version.is_some() {
             a.version.clone_from(&r.version);
         }
+    });
+}
+
+/// Recorded while the agent password it was computed from is still the agent's, and only if
+/// no hash for it is recorded (two nodes may compute one each; the first stays).
+fn web_auth(d: &mut Decision<'_>, w: &WebAuthHash) {
+    let Some(agent) = d.state().agents.get(&w.agent_id) else {
+        return;
+    };
+    if agent.agent_password != w.for_password || agent.web_auth_hash().is_some() {
+        return;
+    }
+    changed(d, &w.agent_id, |a| {
+        a.web_auth = Some(WebAuth {
+            for_password: w.for_password.clone(),
+            hash: w.hash.clone(),
+        });
     });
 }

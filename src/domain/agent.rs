@@ -312,6 +312,14 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
+/// An exporter's web-config password hash (bcrypt, sealed: it is a password verifier) and the
+/// agent password it was computed from (`None`: the agent id, PMM's fallback).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebAuth {
+    pub for_password: Option<Sealed>,
+    pub hash: Sealed,
+}
+
 /// `exporter_options`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -493,6 +501,11 @@ pub struct Agent {
     /// Basic-auth password of the exporter's /metrics; PMM falls back to the agent id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_password: Option<Sealed>,
+    /// The bcrypt hash of the exporter's basic-auth password for its web config, computed off
+    /// the write path by the node serving its pmm-agent ([`crate::agents`]); used only while
+    /// `for_password` is still the agent password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_auth: Option<WebAuth>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub tls: bool,
     #[serde(default, skip_serializing_if = "is_default")]
@@ -520,6 +533,14 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The recorded web-config hash, if it is for the current agent password.
+    pub fn web_auth_hash(&self) -> Option<&Sealed> {
+        self.web_auth
+            .as_ref()
+            .filter(|w| w.for_password == self.agent_password)
+            .map(|w| &w.hash)
+    }
+
     /// A new agent of `agent_type` with PMM's insert defaults (status UNKNOWN except for
     /// pmm-agent and external-exporter) and every option empty.
     pub fn new(agent_id: AgentId, agent_type: AgentType, now: Timestamp) -> Self {
@@ -546,6 +567,7 @@ impl Agent {
             username: None,
             password: None,
             agent_password: None,
+            web_auth: None,
             tls: false,
             tls_skip_verify: false,
             log_level: None,

@@ -10,7 +10,7 @@ use std::fmt;
 pub const SEALED_PREFIX: &str = "enc:v1:";
 
 /// Ciphertext of a secret: `enc:v1:<base64(nonce || ciphertext || tag)>`.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Sealed(String);
 

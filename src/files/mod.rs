@@ -562,13 +562,14 @@ type Job = (
     tokio::sync::oneshot::Sender<std::io::Result<Vec<Reader>>>,
 );
 
-/// Lowers the calling thread's CPU priority (nice 10); best effort.
-fn lower_priority() {
+/// Lowers the calling thread's CPU priority (nice 10); best effort. Background work (file
+/// projection, password hashing) then yields to the streams and the API.
+pub(crate) fn lower_priority() {
     // SAFETY: setpriority only reads its integer arguments; on Linux, PRIO_PROCESS with a
     // thread id sets that thread's nice value (and no other's).
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, 10) };
     if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the file projection's priority");
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower a background thread's priority");
     }
 }
 

@@ -54,6 +54,10 @@ fn service_row(s: &Service) -> Value {
 
 fn agent_row(a: &Agent) -> Value {
     let mut details = serde_json::to_value(a).unwrap_or_default();
+    // The web-config hash is the streams' business (and a password verifier).
+    if let Some(d) = details.as_object_mut() {
+        d.remove("web_auth");
+    }
     redact(&mut details);
     json!({
         "agent_id": a.agent_id,

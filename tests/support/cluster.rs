@@ -170,8 +170,10 @@ impl TestNode {
     /// Serves this node's public API (gRPC, REST and the query API, on one loopback port);
     /// returns its address.
     pub async fn serve_public(&self) -> SocketAddr {
-        let cipher = Arc::new(pmmcp::crypto::Cipher::random());
-        let agents = pmmcp::agents::AgentServer::new(self.dispatcher.clone(), cipher.clone());
+        // One key for every node, as a cluster has: a secret sealed on one opens on all.
+        let cipher = Arc::new(pmmcp::crypto::Cipher::from_key(&[7; 32]));
+        // The lowest bcrypt cost: tests hash every exporter's password.
+        let agents = pmmcp::agents::AgentServer::new(self.dispatcher.clone(), cipher.clone(), 4);
         let mut api = pmmcp::grpc::Api::new(self.dispatcher.clone(), self.pool.clone(), cipher);
         api.agents = Some(agents.clone());
         let query = pmmcp::api::QueryApi {
