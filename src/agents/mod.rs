@@ -835,7 +835,7 @@ impl Input {
 }
 
 /// True when two versions of an agent differ only in what its pmm-agent reports about it
-/// (status, exec path, connection), which no desired state reads: a status report then costs a
+/// (status, exec path, connection and its stream's time), which no desired state reads: a status report then costs a
 /// comparison, not a render of the whole state (the server's pmm-agent may run thousands).
 fn same_config(a: &crate::domain::Agent, b: &crate::domain::Agent) -> bool {
     if a.agent_id != b.agent_id {
@@ -846,6 +846,7 @@ fn same_config(a: &crate::domain::Agent, b: &crate::domain::Agent) -> bool {
     b.process_exec_path.clone_from(&a.process_exec_path);
     b.connected = a.connected;
     b.session.clone_from(&a.session);
+    b.session_since = a.session_since;
     b.updated_at = a.updated_at;
     *a == b
 }
@@ -893,6 +894,9 @@ mod tests {
         b.status = AgentStatus::Running;
         b.process_exec_path = Some("/usr/local/bin/node_exporter".into());
         b.updated_at = a.updated_at + chrono::Duration::seconds(5);
+        b.connected = true;
+        b.session = Some("s".into());
+        b.session_since = Some(b.updated_at);
         assert!(same_config(&a, &b));
         // The port reaches vmagent's scrape file.
         b.listen_port = Some(42000);

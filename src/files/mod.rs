@@ -289,9 +289,11 @@ fn open_companion(path: &Path, create: bool) -> std::io::Result<std::fs::File> {
 /// Zeroes a companion after its exchange: the previous bytes (an old exporter password) do not
 /// stay readable. Its blocks are kept for the next change.
 fn forget_old_bytes(companion: &Path) {
+    use std::io::Read as _;
     let _ = open_companion(companion, false).and_then(|mut f| {
         let len = f.metadata()?.len();
-        f.write_all(&vec![0; usize::try_from(len).unwrap_or(0)])
+        // In small pieces: the central scrape file can be megabytes.
+        std::io::copy(&mut std::io::repeat(0).take(len), &mut f)
     });
 }
 
