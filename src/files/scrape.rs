@@ -129,7 +129,7 @@ fn global_resolutions(state: &State) -> Resolutions {
 
 /// The server's scrape configuration.
 pub fn render_server(state: &State, cipher: &Cipher, opts: &RenderOptions) -> String {
-    render_server_cached(state, cipher, opts, &mut JobCache::default())
+    server_config(state, cipher, opts, None)
 }
 
 /// [`render_server`], reusing the agents' jobs from `cache` where none of their inputs changed.
@@ -138,6 +138,15 @@ pub fn render_server_cached(
     cipher: &Cipher,
     opts: &RenderOptions,
     cache: &mut JobCache,
+) -> String {
+    server_config(state, cipher, opts, Some(cache))
+}
+
+fn server_config(
+    state: &State,
+    cipher: &Cipher,
+    opts: &RenderOptions,
+    cache: Option<&mut JobCache>,
 ) -> String {
     let res = global_resolutions(state);
     let global = Global {
@@ -167,7 +176,7 @@ pub fn render_push(
     pmm_agent: &AgentId,
     opts: &RenderOptions,
 ) -> String {
-    render_push_cached(state, cipher, pmm_agent, opts, &mut JobCache::default())
+    push_config(state, cipher, pmm_agent, opts, None)
 }
 
 /// [`render_push`] with a [`JobCache`].
@@ -177,6 +186,16 @@ pub fn render_push_cached(
     pmm_agent: &AgentId,
     opts: &RenderOptions,
     cache: &mut JobCache,
+) -> String {
+    push_config(state, cipher, pmm_agent, opts, Some(cache))
+}
+
+fn push_config(
+    state: &State,
+    cipher: &Cipher,
+    pmm_agent: &AgentId,
+    opts: &RenderOptions,
+    cache: Option<&mut JobCache>,
 ) -> String {
     let res = global_resolutions(state);
     // Only this pmm-agent's children are looked at: rendering every pmm-agent's file stays
@@ -533,7 +552,7 @@ fn agent_jobs<'a>(
     candidates: impl Iterator<Item = &'a Arc<Agent>>,
     host_override: Option<&str>,
     redact: bool,
-    cache: &mut JobCache,
+    mut cache: Option<&mut JobCache>,
 ) -> AgentJobs {
     let mut agents: Vec<&Arc<Agent>> = candidates
         .filter(|a| !a.disabled && a.listen_port.is_some())
@@ -543,7 +562,6 @@ fn agent_jobs<'a>(
     });
     let mut chunks = Vec::new();
     let mut rds_targets = std::collections::BTreeSet::new();
-    let generation = cache.generation;
     for a in agents {
         let Some(port) = a.listen_port else { continue };
         if a.agent_type == AgentType::RdsExporter {
@@ -560,6 +578,15 @@ fn agent_jobs<'a>(
             }
             continue;
         }
+        // Without a cache (a stream's one-off render) nothing is looked up for it.
+        let Some(cache) = cache.as_deref_mut() else {
+            let text = render_agent(state, cipher, a, global, host_override, redact);
+            if !text.is_empty() {
+                chunks.push(text.into());
+            }
+            continue;
+        };
+        let generation = cache.generation;
         let inputs = Inputs::of(state, a, global, host_override, redact);
         if let Some(entry) = cache.entries.get_mut(&a.agent_id)
             && entry.0.same_as(&inputs)
