@@ -91,10 +91,11 @@ pub struct ServeArgs {
     /// Database connections in the pool.
     #[arg(long, env = "PMM_CP_DB_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=200))]
     pub db_connections: u32,
-    /// bcrypt cost of the exporters' web-config password hashes (PMM's is 10). Each hash is
-    /// computed once per exporter and password, at low priority; a lower cost makes adding
-    /// thousands of exporters cheaper and the hashes weaker.
-    #[arg(long, env = "PMM_CP_EXPORTER_AUTH_COST", default_value_t = crate::agents::web_auth::DEFAULT_COST, value_parser = clap::value_parser!(u32).range(4..=31))]
+    /// bcrypt cost of the exporters' web-config password hashes (PMM's is 10; each step
+    /// doubles the work). Each hash is computed once per exporter and password, at low
+    /// priority, and kept: a new cost applies to hashes computed after. A lower cost makes
+    /// adding thousands of exporters cheaper and the hashes weaker.
+    #[arg(long, env = "PMM_CP_EXPORTER_AUTH_COST", default_value_t = crate::agents::web_auth::DEFAULT_COST, value_parser = clap::value_parser!(u32).range(4..=14))]
     pub exporter_auth_cost: u32,
     #[command(flatten)]
     pub cluster: ClusterArgs,

@@ -114,6 +114,14 @@ fn mysql(pmm_agent: &str, node_id: String) -> mgmt::AddServiceRequest {
     }
 }
 
+/// The password hash in an exporter's web-config file (PMM's one-user form).
+fn web_config_hash(p: &ag::set_state_request::AgentProcess) -> &str {
+    let file = &p.text_files["webConfigPlaceholder"];
+    file.strip_prefix("basic_auth_users:\n    pmm: ")
+        .and_then(|h| h.strip_suffix('\n'))
+        .expect(file)
+}
+
 /// A raw Connect call with the given metadata; the first answer (or the refusal).
 async fn raw_connect(
     s: &Server,
@@ -250,11 +258,7 @@ async fn the_protocol_connects_sends_state_records_reports_and_kicks() {
         node_exporter.args.last().map(String::as_str),
         Some("--web.config.file={{ .TextFiles.webConfigPlaceholder }}")
     );
-    let web_config = &node_exporter.text_files["webConfigPlaceholder"];
-    let hash = web_config
-        .strip_prefix("basic_auth_users:\n    pmm: ")
-        .and_then(|h| h.strip_suffix('\n'))
-        .expect(web_config);
+    let hash = web_config_hash(node_exporter);
     assert_eq!(
         hash,
         pmmcp::agents::web_auth::hash(node_exporter_id, node_exporter_id, 4).unwrap()
@@ -484,6 +488,68 @@ fn state_node_of(s: &Server, id: &Identity) -> String {
         .clone()
         .expect("node")
         .to_string()
+}
+
+/// An exporter with an agent password gets a web config whose hash is of that password, once
+/// this node has hashed and recorded it; the state waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_password_reaches_the_exporters_web_config() {
+    let s = server().await;
+    let ids = sim::register(s.channel.clone(), &s.admin, "pg", 1)
+        .await
+        .expect("registered");
+    let me = &ids[0];
+    let mut management =
+        mgmt::management_service_client::ManagementServiceClient::new(s.channel.clone());
+    let added = management
+        .add_service(authed(
+            mgmt::AddServiceRequest {
+                service: Some(mgmt::add_service_request::Service::Postgresql(
+                    mgmt::AddPostgreSqlServiceParams {
+                        node_id: state_node_of(&s, me),
+                        service_name: "pg-1".into(),
+                        address: "10.9.9.8".into(),
+                        port: 5432,
+                        pmm_agent_id: me.agent_id.clone(),
+                        username: "pmm".into(),
+                        password: "db-pw".into(),
+                        agent_password: "exporter-pw".into(),
+                        skip_connection_check: true,
+                        ..Default::default()
+                    },
+                )),
+            },
+            &s.admin,
+        ))
+        .await
+        .expect("postgres added")
+        .into_inner();
+    let Some(mgmt::add_service_response::Service::Postgresql(added)) = added.service else {
+        panic!("postgresql");
+    };
+    let exporter_id = added.postgres_exporter.expect("exporter").agent_id;
+    let service_id = added.service.expect("service").service_id;
+
+    let now = s.node.dispatcher.state().revision;
+    let agent = sim::start(s.channel.clone(), me.clone(), Behaviour::default());
+    applied(&agent, now).await;
+    let state = agent.last_state.borrow().clone().expect("a state");
+    let exporter = &state.agent_processes[&exporter_id];
+    assert_eq!(
+        exporter.args.last().map(String::as_str),
+        Some("--web.config={{ .TextFiles.webConfigPlaceholder }}")
+    );
+    let hash = web_config_hash(exporter);
+    assert!(bcrypt::verify("exporter-pw", hash).unwrap());
+    assert!(!bcrypt::verify(&exporter_id, hash).unwrap());
+    assert!(!exporter.env.iter().any(|e| e.starts_with("HTTP_AUTH=")));
+    // Recorded with the exporter, sealed; the query API leaves it out.
+    let recorded = s.node.dispatcher.state().agents[&exporter_id.as_str().into()].clone();
+    assert!(recorded.web_auth_hash().is_some());
+    let v = query(&s, &format!("/v1/query/agents?service_id={service_id}")).await;
+    let text = v.to_string();
+    assert!(!text.contains("web_auth") && !text.contains(hash), "{text}");
+    agent.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

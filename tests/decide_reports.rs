@@ -172,6 +172,7 @@ fn web_auth(agent: &AgentId, for_password: Option<Sealed>, hash: &Sealed) -> Rep
         agent_id: agent.clone(),
         for_password,
         hash: hash.clone(),
+        replaces: None,
     })
 }
 
@@ -191,12 +192,23 @@ fn a_web_config_hash_is_recorded_once_and_only_for_the_current_password() {
     let (given, _, exporter) = host();
     let mut given = given.with(batch(vec![web_auth(&exporter, None, &first)]));
     assert_eq!(given.agent(&exporter).web_auth_hash(), Some(&first));
-    // Another node's hash of the same password does not replace it.
+    // Another node's hash of the same password does not replace it, unless it replaces that
+    // one (which did not open with that node's key).
     assert!(
         given
             .run(batch(vec![web_auth(&exporter, None, &second)]))
             .is_empty()
     );
+    let replacing = |replaces: &Sealed| {
+        let mut item = web_auth(&exporter, None, &second);
+        if let ReportItem::WebAuth(w) = &mut item {
+            w.replaces = Some(replaces.clone());
+        }
+        batch(vec![item])
+    };
+    assert!(given.run(replacing(&second)).is_empty());
+    assert_eq!(given.run(replacing(&first)).len(), 1);
+    assert_eq!(given.agent(&exporter).web_auth_hash(), Some(&second));
     // Once the password changes, the recorded hash is not the agent's; a hash of the new
     // password is recorded.
     let mut changed = given.agent(&exporter);
@@ -205,7 +217,7 @@ fn a_web_config_hash_is_recorded_once_and_only_for_the_current_password() {
     let given = given.event(Event::AgentChanged { agent: changed });
     assert_eq!(given.agent(&exporter).web_auth_hash(), None);
     let after = given
-        .when(batch(vec![web_auth(&exporter, Some(password), &second)]))
+        .when(batch(vec![web_auth(&exporter, Some(password), &first)]))
         .state_after();
-    assert_eq!(after.agents[&exporter].web_auth_hash(), Some(&second));
+    assert_eq!(after.agents[&exporter].web_auth_hash(), Some(&first));
 }

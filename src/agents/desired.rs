@@ -107,6 +107,20 @@ pub fn render(
     }
 }
 
+/// An exporter's basic-auth password: its agent password, else (unset, empty, or not opening
+/// with this key) its id, as PMM's `GetAgentPassword`.
+pub(crate) fn basic_auth_password(
+    cipher: &Cipher,
+    agent_id: &AgentId,
+    agent_password: &Option<crate::domain::Sealed>,
+) -> String {
+    agent_password
+        .as_ref()
+        .and_then(|s| cipher.open(s).ok())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| agent_id.to_string())
+}
+
 /// The flag of an exporter that reads its basic auth from a web-config file at this
 /// pmm-agent version, else `None` (`HTTP_AUTH` in its environment), as PMM decides.
 fn web_config_flag(t: AgentType, version: (u32, u32, u32)) -> Option<&'static str> {
@@ -357,10 +371,8 @@ impl Ctx<'_> {
         self.open(&self.a.password)
     }
 
-    /// The exporter's basic-auth password: its agent password, else its id.
     fn http_password(&self) -> String {
-        self.open(&self.a.agent_password)
-            .unwrap_or_else(|| self.a.agent_id.to_string())
+        basic_auth_password(self.cipher, &self.a.agent_id, &self.a.agent_password)
     }
 
     fn host_port(&self) -> (String, u16) {

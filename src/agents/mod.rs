@@ -125,7 +125,12 @@ impl AgentServer {
     /// `hash_cost`: the bcrypt cost of exporters' web-config hashes ([`web_auth`]).
     pub fn new(dispatcher: Dispatcher, cipher: Arc<Cipher>, hash_cost: u32) -> Self {
         let batcher = Batcher::start(dispatcher.clone());
-        let hasher = web_auth::Hasher::start(cipher.clone(), batcher.clone(), hash_cost);
+        let hasher = web_auth::Hasher::new(
+            dispatcher.clone(),
+            cipher.clone(),
+            batcher.clone(),
+            hash_cost,
+        );
         let server = Self {
             dispatcher: dispatcher.clone(),
             cipher,
@@ -375,6 +380,7 @@ impl AgentServer {
             last_heard: Instant::now(),
             last_sent: None,
             inputs: Vec::new(),
+            awaiting: Vec::new(),
         };
         self.batcher.connection(stream.connection(true));
         tokio::spawn(stream.run(kick_rx, probe_rx, wake));
@@ -421,6 +427,8 @@ struct Stream_ {
     last_sent: Option<[u8; 32]>,
     /// Identities of what the last desired state was rendered from.
     inputs: Vec<Input>,
+    /// Exporters whose web-config hash the state waits for, in the order asked.
+    awaiting: Vec<AgentId>,
 }
 
 /// Whether the state records a live stream as its agent's connection, as seen at its pings.
@@ -454,9 +462,10 @@ impl Stream_ {
         // ping as a safety net (an unchanged state costs a comparison); not after the agent's
         // own messages, which change nothing we send.
         let mut due = true;
+        let mut tick = false;
         let end = loop {
             if std::mem::take(&mut due)
-                && let Err(end) = Box::pin(self.evaluate()).await
+                && let Err(end) = Box::pin(self.evaluate(std::mem::take(&mut tick))).await
             {
                 break end;
             }
@@ -480,6 +489,7 @@ impl Stream_ {
                         break End::Closed;
                     }
                     due = true;
+                    tick = true;
                 }
                 Some(probe) = probes.recv() => {
                     self.probes.push(probe);
@@ -607,8 +617,9 @@ impl Stream_ {
 
     /// Checks the latest state: the agent and its token still there, and its desired state
     /// sent. The snapshot is dropped before the stream waits again: an idle stream holding an
-    /// old revision would keep that revision's copied paths of the state alive.
-    async fn evaluate(&mut self) -> Result<(), End> {
+    /// old revision would keep that revision's copied paths of the state alive. At a ping
+    /// `tick`, awaited hashes are asked for again.
+    async fn evaluate(&mut self, tick: bool) -> Result<(), End> {
         let state = self.server.dispatcher.state();
         if !state.agents.contains_key(&self.id) {
             return Err(End::Kicked("pmm-agent removed."));
@@ -616,35 +627,54 @@ impl Stream_ {
         if state.token_by_hash(&self.token_hash).is_none() {
             return Err(End::Kicked("token revoked."));
         }
-        self.maybe_send_state(&state).await?;
-        self.update_info(|i| i.evaluated_revision = state.revision);
+        if self.maybe_send_state(&state, tick).await? {
+            self.update_info(|i| i.evaluated_revision = state.revision);
+        }
         Ok(())
     }
 
-    /// Sends the desired state if what it is made of changed and the message differs.
-    async fn maybe_send_state(&mut self, state: &State) -> Result<(), End> {
+    /// Sends the desired state if what it is made of changed and the message differs. False
+    /// while it is held back for web-config hashes ([`web_auth`]).
+    async fn maybe_send_state(&mut self, state: &State, tick: bool) -> Result<bool, End> {
+        // Until every awaited hash is recorded (or its exporter gone, or disabled) there is
+        // nothing to render. Checked from the front, in the order the hasher works: each wake
+        // (a hash recorded) costs about one look-up, not the whole list.
+        let resolved = self
+            .awaiting
+            .iter()
+            .position(|id| {
+                state
+                    .agents
+                    .get(id)
+                    .is_some_and(|a| !a.disabled && a.web_auth_hash().is_none())
+            })
+            .unwrap_or(self.awaiting.len());
+        self.awaiting.drain(..resolved);
+        if !self.awaiting.is_empty() {
+            if tick {
+                self.request_hashes(state);
+            }
+            return Ok(false);
+        }
         let inputs = inputs_of(state, &self.id);
         let same = inputs.len() == self.inputs.len()
             && inputs.iter().zip(&self.inputs).all(|(a, b)| a.same(b));
         // Kept either way: the next comparison then finds the same entities by identity.
         self.inputs = inputs;
         if self.last_sent.is_some() && same {
-            return Ok(());
+            return Ok(true);
         }
         let desired::Desired {
             state: mut desired,
             awaiting_hash,
         } = desired::render(state, &self.server.cipher, &self.id, Some(&self.version));
         if !awaiting_hash.is_empty() {
-            // Sent once every hash is recorded: that change wakes us. Until then the inputs
-            // are forgotten, so that a later evaluation (a ping's) renders, and asks, again.
-            for id in &awaiting_hash {
-                if let Some(a) = state.agents.get(id) {
-                    self.server.hasher.request(id, &a.agent_password);
-                }
-            }
+            // Sent once every hash is recorded (each recorded hash wakes us); rendered again
+            // then, from scratch.
+            self.awaiting = awaiting_hash;
+            self.request_hashes(state);
             self.inputs.clear();
-            return Ok(());
+            return Ok(false);
         }
         // The message encodes the same bytes for the same content (sorted maps), so its hash
         // stands in for the last message sent.
@@ -653,7 +683,7 @@ impl Stream_ {
             sha2::Sha256::digest(prost::Message::encode_to_vec(&desired)).into()
         };
         if self.last_sent == Some(hash) {
-            return Ok(());
+            return Ok(true);
         }
         desired.revision = state.revision;
         let id = self.next_id();
@@ -672,7 +702,18 @@ impl Stream_ {
             payload: Some(server_message::Payload::SetState(desired)),
             status: None,
         })
-        .await
+        .await?;
+        Ok(true)
+    }
+
+    /// Asks this node's hasher for the hashes the state waits for, of the agent passwords
+    /// stored now.
+    fn request_hashes(&self, state: &State) {
+        for id in &self.awaiting {
+            if let Some(a) = state.agents.get(id) {
+                self.server.hasher.request(id, &a.agent_password);
+            }
+        }
     }
 
     async fn handle(&mut self, m: AgentMessage) -> Result<(), End> {

@@ -12,8 +12,8 @@ use crate::commands::agent_reports::{
 };
 use crate::commands::dispatcher::Dispatcher;
 use crate::commands::{Command, CommandMeta};
-use crate::domain::AgentId;
-use std::collections::HashSet;
+use crate::domain::{AgentId, Sealed};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -92,6 +92,9 @@ async fn run(dispatcher: Dispatcher, mut rx: mpsc::UnboundedReceiver<Item>) {
         // the last is kept, at its own place.
         let mut waiters = Vec::new();
         let mut ordered: Vec<ReportItem> = Vec::with_capacity(items.len());
+        // Web-config hashes go in a command of their own, once each: a leader that does not
+        // know them yet (a rolling upgrade) refuses only them.
+        let mut hashes: HashMap<(AgentId, Option<Sealed>), WebAuthHash> = HashMap::new();
         for item in items {
             match item {
                 Item::Connection(c) => ordered.push(ReportItem::Connection(c)),
@@ -99,8 +102,19 @@ async fn run(dispatcher: Dispatcher, mut rx: mpsc::UnboundedReceiver<Item>) {
                     waiters.push(done);
                     ordered.push(ReportItem::State(r));
                 }
-                Item::WebAuth(w) => ordered.push(ReportItem::WebAuth(w)),
+                Item::WebAuth(w) => {
+                    hashes.insert((w.agent_id.clone(), w.for_password.clone()), w);
+                }
             }
+        }
+        if !hashes.is_empty() {
+            let mut hashes: Vec<WebAuthHash> = hashes.into_values().collect();
+            hashes.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+            let items = hashes.into_iter().map(ReportItem::WebAuth).collect();
+            send(&dispatcher, &Command::ReportAgents(ReportAgents { items })).await;
+        }
+        if ordered.is_empty() {
+            continue;
         }
         let mut seen: HashSet<(AgentId, AgentId)> = HashSet::new();
         let mut keep = vec![true; ordered.len()];

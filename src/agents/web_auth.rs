@@ -8,16 +8,15 @@
 
 use super::reports::Batcher;
 use crate::commands::agent_reports::WebAuthHash;
+use crate::commands::dispatcher::Dispatcher;
 use crate::crypto::Cipher;
 use crate::domain::{AgentId, Sealed};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 /// PMM's cost (Go's `bcrypt.DefaultCost`).
 pub const DEFAULT_COST: u32 = 10;
-
-/// Hashes remembered for a resend at most (then forgotten: a resend recomputes).
-const REMEMBERED: usize = 100_000;
 
 /// bcrypt of `password` with PMM's salt for `agent_id`: its last 16 bytes, or a fixed one
 /// for shorter ids. The `$2a$` form, as Go's bcrypt writes it.
@@ -34,51 +33,51 @@ pub fn hash(agent_id: &str, password: &str, cost: u32) -> Result<String, bcrypt:
 /// Which hash: the agent and the agent password as stored (`None`: its id).
 type Key = (AgentId, Option<Sealed>);
 
+/// Hashes remembered for a resend at most (then forgotten: a resend recomputes).
+const REMEMBERED: usize = 4096;
+/// Hashing threads at most; they start with the first job and end after a while idle.
+const MAX_THREADS: usize = 4;
+const IDLE: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 struct Book {
     /// Queued or being computed.
     pending: HashSet<Key>,
     /// Computed and sent.
-    done: HashMap<Key, Sealed>,
+    done: HashMap<Key, WebAuthHash>,
+    threads: usize,
 }
 
-/// The hasher of one node. Cheap to clone; its threads end with the last clone.
+struct Shared {
+    dispatcher: Dispatcher,
+    cipher: Arc<Cipher>,
+    batcher: Batcher,
+    cost: u32,
+    book: Mutex<Book>,
+    jobs: Mutex<mpsc::Receiver<Key>>,
+}
+
+/// The hasher of one node. Cheap to clone.
 #[derive(Clone)]
 pub struct Hasher {
-    jobs: mpsc::Sender<Key>,
-    book: Arc<Mutex<Book>>,
-    batcher: Batcher,
+    tx: mpsc::Sender<Key>,
+    shared: Arc<Shared>,
 }
 
 impl Hasher {
-    /// Starts one thread per core, at low priority, hashing at `cost`.
-    pub fn start(cipher: Arc<Cipher>, batcher: Batcher, cost: u32) -> Self {
-        let (tx, rx) = mpsc::channel::<Key>();
-        let rx = Arc::new(Mutex::new(rx));
-        let book = Arc::new(Mutex::new(Book::default()));
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for i in 0..threads {
-            let (rx, book, cipher, batcher) =
-                (rx.clone(), book.clone(), cipher.clone(), batcher.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("pmm-cp-hash-{i}"))
-                .spawn(move || {
-                    crate::files::lower_priority();
-                    loop {
-                        // The lock is held only while waiting for a job.
-                        let job = super::lock(&rx).recv();
-                        let Ok(key) = job else { return };
-                        work(&cipher, &batcher, &book, key, cost);
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "could not start a password hashing thread");
-            }
-        }
+    /// A hasher at `cost`; its threads start with the first job.
+    pub fn new(dispatcher: Dispatcher, cipher: Arc<Cipher>, batcher: Batcher, cost: u32) -> Self {
+        let (tx, rx) = mpsc::channel();
         Self {
-            jobs: tx,
-            book,
-            batcher,
+            tx,
+            shared: Arc::new(Shared {
+                dispatcher,
+                cipher,
+                batcher,
+                cost,
+                book: Mutex::default(),
+                jobs: Mutex::new(rx),
+            }),
         }
     }
 
@@ -87,43 +86,101 @@ impl Hasher {
     /// may have been lost to a leader change).
     pub fn request(&self, agent_id: &AgentId, for_password: &Option<Sealed>) {
         let key = (agent_id.clone(), for_password.clone());
-        let mut book = super::lock(&self.book);
-        if let Some(hash) = book.done.get(&key) {
-            self.batcher.web_auth(WebAuthHash {
-                agent_id: key.0,
-                for_password: key.1,
-                hash: hash.clone(),
-            });
-        } else if book.pending.insert(key.clone()) {
-            let _ = self.jobs.send(key);
+        let sh = &self.shared;
+        let mut book = super::lock(&sh.book);
+        if let Some(done) = book.done.get(&key) {
+            sh.batcher.web_auth(done.clone());
+            return;
+        }
+        if !book.pending.insert(key.clone()) {
+            return;
+        }
+        if self.tx.send(key.clone()).is_err() {
+            book.pending.remove(&key);
+            return;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if book.threads < cores.min(MAX_THREADS) {
+            let shared = self.shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("pmm-cp-hash".to_owned())
+                .spawn(move || worker(&shared));
+            match spawned {
+                Ok(_) => book.threads += 1,
+                Err(e) => tracing::error!(error = %e, "could not start a password hashing thread"),
+            }
         }
     }
 }
 
-fn work(cipher: &Cipher, batcher: &Batcher, book: &Mutex<Book>, key: Key, cost: u32) {
-    let password = match &key.1 {
-        None => Ok(key.0.to_string()),
-        Some(sealed) => cipher.open(sealed).map_err(|e| e.to_string()),
-    };
-    let hashed = password.and_then(|p| hash(key.0.as_str(), &p, cost).map_err(|e| e.to_string()));
-    let mut book = super::lock(book);
-    book.pending.remove(&key);
-    match hashed {
-        Ok(h) => {
-            let sealed = cipher.seal(&h);
+fn worker(sh: &Shared) {
+    crate::files::lower_priority();
+    loop {
+        let next = super::lock(&sh.jobs).recv_timeout(IDLE);
+        let key = match next {
+            Ok(key) => key,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Under the book's lock, where jobs are queued: none is left without a thread.
+                let mut book = super::lock(&sh.book);
+                match super::lock(&sh.jobs).try_recv() {
+                    Ok(key) => key,
+                    Err(_) => {
+                        book.threads -= 1;
+                        return;
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        // Forgotten as pending however the work ends: asked again, it is queued again.
+        let pending = Pending { sh, key };
+        if let Some(done) = work(sh, &pending.key) {
+            let mut book = super::lock(&sh.book);
             if book.done.len() >= REMEMBERED {
                 book.done.clear();
             }
-            book.done.insert(key.clone(), sealed.clone());
-            batcher.web_auth(WebAuthHash {
-                agent_id: key.0,
-                for_password: key.1,
-                hash: sealed,
-            });
+            book.done.insert(pending.key.clone(), done.clone());
+            sh.batcher.web_auth(done);
         }
-        // The stream keeps waiting; asking again retries.
+    }
+}
+
+struct Pending<'a> {
+    sh: &'a Shared,
+    key: Key,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        super::lock(&self.sh.book).pending.remove(&self.key);
+    }
+}
+
+/// The hash to record, unless it is no longer wanted: the agent gone, its password changed,
+/// or a hash recorded meanwhile (by another node). A recorded hash that does not open with
+/// this node's key is replaced.
+fn work(sh: &Shared, (agent_id, for_password): &Key) -> Option<WebAuthHash> {
+    let state = sh.dispatcher.state();
+    let agent = state.agents.get(agent_id)?;
+    if agent.agent_password != *for_password {
+        return None;
+    }
+    let replaces = match agent.web_auth_hash() {
+        Some(h) if sh.cipher.open(h).is_ok() => return None,
+        recorded => recorded.cloned(),
+    };
+    drop(state);
+    let password = super::desired::basic_auth_password(&sh.cipher, agent_id, for_password);
+    match hash(agent_id.as_str(), &password, sh.cost) {
+        Ok(h) => Some(WebAuthHash {
+            agent_id: agent_id.clone(),
+            for_password: for_password.clone(),
+            hash: sh.cipher.seal(&h),
+            replaces,
+        }),
         Err(e) => {
-            tracing::warn!(agent_id = %key.0, error = %e, "an exporter's web-config hash could not be computed")
+            tracing::warn!(agent_id = %agent_id, error = %e, "an exporter's web-config hash could not be computed");
+            None
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct WebAuthHash {
     pub agent_id: AgentId,
     pub for_password: Option<Sealed>,
     pub hash: Sealed,
+    /// The recorded hash this one replaces: it did not open with that node's key.
+    #[serde(default)]
+    pub replaces: Option<Sealed>,
 }
 
 /// One fact of a batch.
@@ -178,12 +181,13 @@ fn report(d: &mut Decision<'_>, r: &AgentReport) {
 }
 
 /// Recorded while the agent password it was computed from is still the agent's, and only if
-/// no hash for it is recorded (two nodes may compute one each; the first stays).
+/// no hash for it is recorded (two nodes may compute one each; the first stays) or the one
+/// recorded is the one it replaces.
 fn web_auth(d: &mut Decision<'_>, w: &WebAuthHash) {
     let Some(agent) = d.state().agents.get(&w.agent_id) else {
         return;
     };
-    if agent.agent_password != w.for_password || agent.web_auth_hash().is_some() {
+    if agent.agent_password != w.for_password || agent.web_auth_hash() != w.replaces.as_ref() {
         return;
     }
     changed(d, &w.agent_id, |a| {
