@@ -866,7 +866,9 @@ enum Input {
 impl Input {
     fn same(&self, other: &Input) -> bool {
         match (self, other) {
-            (Input::Settings(a), Input::Settings(b)) => Arc::ptr_eq(a, b),
+            (Input::Settings(a), Input::Settings(b)) => {
+                Arc::ptr_eq(a, b) || a.resolutions_secs() == b.resolutions_secs()
+            }
             (Input::Agent(a), Input::Agent(b)) => Arc::ptr_eq(a, b) || same_config(a, b),
             (Input::Service(a), Input::Service(b)) => Arc::ptr_eq(a, b),
             (Input::Node(a), Input::Node(b)) => Arc::ptr_eq(a, b),
@@ -892,8 +894,8 @@ fn same_config(a: &crate::domain::Agent, b: &crate::domain::Agent) -> bool {
     *a == b
 }
 
-/// What a pmm-agent's desired state is made of: the settings (resolutions reach vmagent's
-/// file), its own entity, then each child with its service and node. A change elsewhere in the
+/// What a pmm-agent's desired state is made of: the settings (of which only the resolutions
+/// reach it, in vmagent's file), its own entity, then each child with its service and node. A change elsewhere in the
 /// persistent state leaves these entities as they were.
 fn inputs_of(state: &State, id: &AgentId) -> Vec<Input> {
     let mut out = vec![Input::Settings(state.settings.clone())];

@@ -26,9 +26,11 @@ pub(super) enum Affected {
 /// What changed from `old` to `new`, as the pmm-agents whose desired state (or whose right to a
 /// stream) may differ.
 pub(super) fn affected(old: &State, new: &State) -> Affected {
-    // The settings reach every vmagent file; a token changed or removed may be the one a
-    // stream authenticated with (new tokens cannot end a stream).
-    if !Arc::ptr_eq(&old.settings, &new.settings)
+    // The resolutions reach every vmagent file (no other setting reaches a desired state); a
+    // token changed or removed may be the one a stream authenticated with (new tokens cannot
+    // end a stream).
+    if (!Arc::ptr_eq(&old.settings, &new.settings)
+        && old.settings.resolutions_secs() != new.settings.resolutions_secs())
         || old
             .tokens
             .diff(&new.tokens)
@@ -283,7 +285,12 @@ pub(super) mod tests {
             },
             _ => {
                 let mut s = (*st.settings).clone();
-                s.telemetry_enabled = Some(!s.telemetry_enabled.unwrap_or(true));
+                match b % 3 {
+                    0 => s.telemetry_enabled = Some(!s.telemetry_enabled.unwrap_or(true)),
+                    // Unset and the default alike: in effect, nothing changes.
+                    1 => s.hr_secs = s.hr_secs.xor(Some(5)),
+                    _ => s.mr_secs = Some(10 + u64::from(a % 3)),
+                }
                 Event::SettingsChanged { settings: s }
             }
         }
@@ -299,12 +306,22 @@ pub(super) mod tests {
         );
         a.len() == b.len()
             && a.iter().zip(&b).all(|(x, y)| match (x, y) {
-                (I::Settings(x), I::Settings(y)) => x == y,
+                (I::Settings(x), I::Settings(y)) => x.resolutions_secs() == y.resolutions_secs(),
                 (I::Agent(x), I::Agent(y)) => super::super::same_config(x, y),
                 (I::Service(x), I::Service(y)) => x == y,
                 (I::Node(x), I::Node(y)) => x == y,
                 _ => false,
             })
+    }
+
+    /// True when `p`'s rendered desired state is the same in both states.
+    fn same_render(old: &State, new: &State, p: &AgentId) -> bool {
+        let cipher = crate::crypto::Cipher::from_key(&[7; 32]);
+        let render = |st: &State| {
+            let d = super::super::desired::render(st, &cipher, p, Some("3.1.0"));
+            (d.state, d.awaiting_hash)
+        };
+        render(old) == render(new)
     }
 
     proptest! {
@@ -322,7 +339,8 @@ pub(super) mod tests {
                 let woken = affected(&st, &next);
                 for i in 0..3 {
                     let p = AgentId::from(format!("p{i}"));
-                    if !same_inputs(&st, &next, &p) {
+                    // What the stream compares, and what it would send.
+                    if !same_inputs(&st, &next, &p) || !same_render(&st, &next, &p) {
                         prop_assert!(
                             match &woken {
                                 Affected::All => true,
@@ -335,6 +353,24 @@ pub(super) mod tests {
                 st = next;
             }
         }
+    }
+
+    #[test]
+    fn only_a_resolution_change_among_the_settings_wakes_every_stream() {
+        let st = inventory();
+        let with = |f: &dyn Fn(&mut crate::domain::Settings)| {
+            let mut s = (*st.settings).clone();
+            f(&mut s);
+            let mut next = st.clone();
+            next.evolve(&Event::SettingsChanged { settings: s });
+            affected(&st, &next)
+        };
+        let none = Affected::Some(HashSet::new());
+        assert_eq!(with(&|s| s.telemetry_enabled = Some(false)), none);
+        // The default, now set: the same in effect.
+        let (hr, _, _) = st.settings.resolutions_secs();
+        assert_eq!(with(&|s| s.hr_secs = Some(hr)), none);
+        assert_eq!(with(&|s| s.hr_secs = Some(hr + 1)), Affected::All);
     }
 
     #[test]

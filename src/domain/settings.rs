@@ -86,6 +86,16 @@ pub struct Effective {
 }
 
 impl Settings {
+    /// The effective metrics resolutions (HR, MR, LR seconds): [`Settings::effective`]'s,
+    /// without copying the rest.
+    pub fn resolutions_secs(&self) -> (u64, u64, u64) {
+        (
+            self.hr_secs.unwrap_or(DEFAULT_HR_SECS),
+            self.mr_secs.unwrap_or(DEFAULT_MR_SECS),
+            self.lr_secs.unwrap_or(DEFAULT_LR_SECS),
+        )
+    }
+
     /// Applies PMM's defaults.
     pub fn effective(&self) -> Effective {
         Effective {

@@ -118,12 +118,13 @@ impl Res {
     }
 }
 
+/// The only settings a vmagent file reads (the agents' desired states depend on them alone).
 fn global_resolutions(state: &State) -> Resolutions {
-    let e = state.settings.effective();
+    let (hr, mr, lr) = state.settings.resolutions_secs();
     Resolutions {
-        hr: Duration::from_secs(e.hr_secs),
-        mr: Duration::from_secs(e.mr_secs),
-        lr: Duration::from_secs(e.lr_secs),
+        hr: Duration::from_secs(hr),
+        mr: Duration::from_secs(mr),
+        lr: Duration::from_secs(lr),
     }
 }
 
