@@ -11,8 +11,8 @@ use crate::commands::agent_reports::WebAuthHash;
 use crate::commands::dispatcher::Dispatcher;
 use crate::crypto::Cipher;
 use crate::domain::{AgentId, Sealed};
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, mpsc};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// PMM's cost (Go's `bcrypt.DefaultCost`).
@@ -41,6 +41,8 @@ const IDLE: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Book {
+    /// Waiting for a thread, first come first served.
+    queue: VecDeque<Key>,
     /// Queued or being computed.
     pending: HashSet<Key>,
     /// Computed and sent.
@@ -53,30 +55,28 @@ struct Shared {
     cipher: Arc<Cipher>,
     batcher: Batcher,
     cost: u32,
+    /// One lock, never held while hashing: a stream asking for a hash waits for no hash.
     book: Mutex<Book>,
-    jobs: Mutex<mpsc::Receiver<Key>>,
+    queued: Condvar,
 }
 
 /// The hasher of one node. Cheap to clone.
 #[derive(Clone)]
 pub struct Hasher {
-    tx: mpsc::Sender<Key>,
     shared: Arc<Shared>,
 }
 
 impl Hasher {
     /// A hasher at `cost`; its threads start with the first job.
     pub fn new(dispatcher: Dispatcher, cipher: Arc<Cipher>, batcher: Batcher, cost: u32) -> Self {
-        let (tx, rx) = mpsc::channel();
         Self {
-            tx,
             shared: Arc::new(Shared {
                 dispatcher,
                 cipher,
                 batcher,
                 cost,
                 book: Mutex::default(),
-                jobs: Mutex::new(rx),
+                queued: Condvar::new(),
             }),
         }
     }
@@ -95,10 +95,8 @@ impl Hasher {
         if !book.pending.insert(key.clone()) {
             return;
         }
-        if self.tx.send(key.clone()).is_err() {
-            book.pending.remove(&key);
-            return;
-        }
+        book.queue.push_back(key);
+        sh.queued.notify_one();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if book.threads < cores.min(MAX_THREADS) {
             let shared = self.shared.clone();
@@ -116,21 +114,21 @@ impl Hasher {
 fn worker(sh: &Shared) {
     crate::files::lower_priority();
     loop {
-        let next = super::lock(&sh.jobs).recv_timeout(IDLE);
-        let key = match next {
-            Ok(key) => key,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Under the book's lock, where jobs are queued: none is left without a thread.
-                let mut book = super::lock(&sh.book);
-                match super::lock(&sh.jobs).try_recv() {
-                    Ok(key) => key,
-                    Err(_) => {
-                        book.threads -= 1;
-                        return;
-                    }
+        let key = {
+            let book = super::lock(&sh.book);
+            let (mut book, _) = sh
+                .queued
+                .wait_timeout_while(book, IDLE, |b| b.queue.is_empty())
+                .unwrap_or_else(|p| p.into_inner());
+            match book.queue.pop_front() {
+                Some(key) => key,
+                // Idle: the queue is empty under the lock jobs are queued with, so none is
+                // left without a thread (a request after this starts one).
+                None => {
+                    book.threads -= 1;
+                    return;
                 }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
         // Forgotten as pending however the work ends: asked again, it is queued again.
         let pending = Pending { sh, key };
