@@ -1,6 +1,7 @@
 //! Fake pmm-agents for tests, demos and benchmarks: each connects with its id and token,
 //! answers pings, applies every SetState (reporting each process RUNNING on a port of its
-//! own, as pmm-agent does), and reconnects with jittered backoff when its stream ends.
+//! own, as pmm-agent does, and sending again after a pause a report the server answers with
+//! an error), and reconnects with jittered backoff when its stream ends.
 //! `pmm-cp simulate-agents` runs N of them against a server.
 
 use crate::grpc::pb::agent::v1::agent_service_client::AgentServiceClient;
@@ -229,6 +230,11 @@ async fn run(
     }
 }
 
+/// Unanswered status reports kept per stream at most.
+const MAX_UNANSWERED: usize = 256;
+/// Pause before a report the server could not record is sent again.
+const REPORT_RETRY: Duration = Duration::from_millis(200);
+
 async fn session(
     channel: &Channel,
     identity: &Identity,
@@ -268,6 +274,9 @@ async fn session(
         u32,
         (std::time::Instant, oneshot::Sender<Duration>),
     > = std::collections::HashMap::new();
+    // Status reports not yet answered: one the server could not record (an error answer) is
+    // sent again after a pause, as the server asks.
+    let mut unanswered: BTreeMap<u32, StateChangedRequest> = BTreeMap::new();
     loop {
         let msg = tokio::select! {
             msg = inbound.message() => match msg? {
@@ -359,29 +368,53 @@ async fn session(
                     })
                     .await;
                 for (agent_id, status, port) in reports {
+                    let report = StateChangedRequest {
+                        agent_id,
+                        status: status as i32,
+                        listen_port: port,
+                        process_exec_path: String::new(),
+                        version: String::new(),
+                    };
+                    // Bounded: a server that never answers does not grow this.
+                    if unanswered.len() >= MAX_UNANSWERED {
+                        unanswered.pop_first();
+                    }
+                    unanswered.insert(next_id, report.clone());
                     let _ = tx
                         .send(AgentMessage {
                             id: next_id,
-                            payload: Some(agent_message::Payload::StateChanged(
-                                StateChangedRequest {
-                                    agent_id,
-                                    status: status as i32,
-                                    listen_port: port,
-                                    process_exec_path: String::new(),
-                                    version: String::new(),
-                                },
-                            )),
+                            payload: Some(agent_message::Payload::StateChanged(report)),
                             status: None,
                         })
                         .await;
                     next_id = next_id.wrapping_add(1).max(2);
                 }
             }
-            // Answers to our requests (Pong, StateChangedResponse): nothing to do.
-            Some(_) => {}
-            // A request we do not serve: say so, unless it is itself an error answer.
+            Some(P::StateChanged(_)) => {
+                unanswered.remove(&msg.id);
+            }
+            // An error answer to a report: sent again, under a new id, after a pause.
+            None if msg.status.is_some() => {
+                if let Some(report) = unanswered.remove(&msg.id) {
+                    let id = next_id;
+                    next_id = next_id.wrapping_add(1).max(2);
+                    unanswered.insert(id, report.clone());
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(REPORT_RETRY).await;
+                        let _ = tx
+                            .send(AgentMessage {
+                                id,
+                                payload: Some(agent_message::Payload::StateChanged(report)),
+                                status: None,
+                            })
+                            .await;
+                    });
+                }
+            }
+            // A request we do not serve: say so.
             None => {
-                if msg.status.is_none() && msg.id != 0 {
+                if msg.id != 0 {
                     let _ = tx
                         .send(AgentMessage {
                             id: msg.id,
