@@ -55,6 +55,8 @@ struct Shared {
     cipher: Arc<Cipher>,
     batcher: Batcher,
     cost: u32,
+    /// Threads at most: the cores, up to [`MAX_THREADS`].
+    max_threads: usize,
     /// One lock, never held while hashing: a stream asking for a hash waits for no hash.
     book: Mutex<Book>,
     queued: Condvar,
@@ -75,6 +77,9 @@ impl Hasher {
                 cipher,
                 batcher,
                 cost,
+                max_threads: std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(MAX_THREADS),
                 book: Mutex::default(),
                 queued: Condvar::new(),
             }),
@@ -97,8 +102,7 @@ impl Hasher {
         }
         book.queue.push_back(key);
         sh.queued.notify_one();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if book.threads < cores.min(MAX_THREADS) {
+        if book.threads < sh.max_threads {
             let shared = self.shared.clone();
             let spawned = std::thread::Builder::new()
                 .name("pmm-cp-hash".to_owned())
