@@ -8,12 +8,13 @@
 
 use crate::crypto::Cipher;
 use crate::domain::agent::{Agent, LogLevel};
-use crate::domain::{AgentId, AgentType, Service, State};
-use crate::files::scrape::{tablestats_enabled, version};
+use crate::domain::{AgentId, AgentType, Node, Service, Settings, State};
+use crate::files::scrape::{Around, service_and_node, tablestats_enabled, version};
 use crate::grpc::pb::agent::v1::set_state_request::{AgentProcess, BuiltinAgent};
 use crate::grpc::pb::agent::v1::{SetStateRequest, TextFiles};
 use crate::grpc::pb::inventory::v1::AgentType as PbAgentType;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Where pmm-agent keeps its collectors' files (`paths_base` for agents before 2.23).
 const LEGACY_PATHS_BASE: &str = "/usr/local/percona/pmm";
@@ -27,6 +28,95 @@ pub struct Desired {
     pub awaiting_hash: Vec<AgentId>,
 }
 
+/// What a pmm-agent's desired state is made of, looked up once: the settings (of which only
+/// the resolutions reach it, in vmagent's file), the pmm-agent, and each child with its
+/// service and node (the child's own, else its service's). A stream keeps the last one and
+/// compares the next by identity (the state shares an unchanged entity between revisions), so
+/// a change elsewhere costs a comparison; the render then reads these, not the state's maps.
+pub struct Parts {
+    pmm_agent_id: AgentId,
+    settings: Arc<Settings>,
+    pmm_agent: Option<Arc<Agent>>,
+    children: Vec<Child>,
+}
+
+struct Child {
+    agent: Arc<Agent>,
+    service: Option<Arc<Service>>,
+    node: Option<Arc<Node>>,
+}
+
+impl Parts {
+    pub fn of(state: &State, pmm_agent: &AgentId) -> Self {
+        let children = state
+            .children_of(pmm_agent)
+            .iter()
+            .filter_map(|id| {
+                let agent = state.agents.get(id)?.clone();
+                let (service, node) = service_and_node(state, &agent);
+                let (service, node) = (service.cloned(), node.cloned());
+                Some(Child {
+                    agent,
+                    service,
+                    node,
+                })
+            })
+            .collect();
+        Self {
+            pmm_agent_id: pmm_agent.clone(),
+            settings: state.settings.clone(),
+            pmm_agent: state.agents.get(pmm_agent).cloned(),
+            children,
+        }
+    }
+
+    /// True when both render the same desired state: the same entities, or agents that differ
+    /// only in what their pmm-agent reports ([`super::same_config`]), or settings with the same
+    /// resolutions.
+    pub fn same(&self, o: &Parts) -> bool {
+        fn agent(a: &Arc<Agent>, b: &Arc<Agent>) -> bool {
+            Arc::ptr_eq(a, b) || super::same_config(a, b)
+        }
+        fn opt<T>(
+            a: &Option<Arc<T>>,
+            b: &Option<Arc<T>>,
+            eq: impl Fn(&Arc<T>, &Arc<T>) -> bool,
+        ) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        self.pmm_agent_id == o.pmm_agent_id
+            && (Arc::ptr_eq(&self.settings, &o.settings)
+                || self.settings.resolutions_secs() == o.settings.resolutions_secs())
+            && opt(&self.pmm_agent, &o.pmm_agent, agent)
+            && self.children.len() == o.children.len()
+            && self.children.iter().zip(&o.children).all(|(x, y)| {
+                agent(&x.agent, &y.agent)
+                    && opt(&x.service, &y.service, Arc::ptr_eq)
+                    && opt(&x.node, &y.node, Arc::ptr_eq)
+            })
+    }
+
+    /// [`Parts::same`] with services and nodes compared by value (a test's reference).
+    #[cfg(test)]
+    pub(super) fn same_values(&self, o: &Parts) -> bool {
+        self.pmm_agent_id == o.pmm_agent_id
+            && self.settings.resolutions_secs() == o.settings.resolutions_secs()
+            && match (&self.pmm_agent, &o.pmm_agent) {
+                (Some(a), Some(b)) => super::same_config(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+            && self.children.len() == o.children.len()
+            && self.children.iter().zip(&o.children).all(|(x, y)| {
+                super::same_config(&x.agent, &y.agent) && x.service == y.service && x.node == y.node
+            })
+    }
+}
+
 /// The desired state of `pmm_agent` (without its revision). `announced` is the version the
 /// agent gave when it connected, which the state may not have recorded yet.
 pub fn render(
@@ -35,48 +125,52 @@ pub fn render(
     pmm_agent: &AgentId,
     announced: Option<&str>,
 ) -> Desired {
+    render_parts(state, &Parts::of(state, pmm_agent), cipher, announced)
+}
+
+/// [`render`] from what the caller already looked up (`parts`, of `state`).
+pub fn render_parts(
+    state: &State,
+    parts: &Parts,
+    cipher: &Cipher,
+    announced: Option<&str>,
+) -> Desired {
+    let pmm_agent = &parts.pmm_agent_id;
     let agent_version = version(announced).or_else(|| {
-        state
-            .agents
-            .get(pmm_agent)
+        parts
+            .pmm_agent
+            .as_ref()
             .and_then(|a| version(a.version.as_deref()))
     });
     let version = agent_version.unwrap_or((3, 0, 0));
     let mut out = SetStateRequest::default();
     let mut awaiting_hash = Vec::new();
-    let mut rds: BTreeMap<String, Vec<&Agent>> = BTreeMap::new();
-    for id in state.children_of(pmm_agent) {
-        let Some(a) = state.agents.get(&id) else {
-            continue;
-        };
+    let mut rds: BTreeMap<String, Vec<&Child>> = BTreeMap::new();
+    for child in &parts.children {
+        let a = &child.agent;
+        let id = &a.agent_id;
         if a.disabled {
             continue;
         }
         if a.agent_type == AgentType::RdsExporter {
             let key = a.aws.aws_access_key.clone().unwrap_or_default();
-            rds.entry(key).or_default().push(a);
+            rds.entry(key).or_default().push(child);
             continue;
         }
-        let service = a.service_id.as_ref().and_then(|s| state.services.get(s));
-        let node = a
-            .node_id
-            .as_ref()
-            .or_else(|| service.map(|s| &s.node_id))
-            .and_then(|n| state.nodes.get(n));
         let web_config = match web_config_flag(a.agent_type, version) {
             None => None,
             Some(flag) => match a.web_auth_hash().and_then(|h| cipher.open(h).ok()) {
                 Some(hash) => Some((flag, hash)),
                 None => {
-                    awaiting_hash.push(id);
+                    awaiting_hash.push(id.clone());
                     continue;
                 }
             },
         };
         let ctx = Ctx {
             a,
-            service: service.map(|s| &**s),
-            node: node.map(|n| &**n),
+            service: child.service.as_deref(),
+            node: child.node.as_deref(),
             cipher,
             version,
             web_config,
@@ -93,13 +187,13 @@ pub fn render(
     for (key, members) in rds {
         out.agent_processes.insert(
             rds_group_key(pmm_agent, &key),
-            rds_exporter(state, cipher, &members),
+            rds_exporter(cipher, &members),
         );
     }
     // Every pmm-agent but the server's own runs a vmagent that pushes its push exporters.
     if !pmm_agent.is_pmm_server() {
         out.agent_processes
-            .insert(vmagent_key(pmm_agent), vmagent(state, cipher, pmm_agent));
+            .insert(vmagent_key(pmm_agent), vmagent(state, parts, cipher));
     }
     Desired {
         state: out,
@@ -140,23 +234,26 @@ pub fn rds_group_key(pmm_agent: &AgentId, aws_access_key: &str) -> String {
 
 /// One rds_exporter for a group: its config file lists every member's instance, sorted by
 /// region then instance; a log level only when every member has the same one.
-fn rds_exporter(state: &State, cipher: &Cipher, members: &[&Agent]) -> AgentProcess {
+fn rds_exporter(cipher: &Cipher, members: &[&Child]) -> AgentProcess {
     use crate::files::yaml::{field, indent, scalar};
-    let mut instances: Vec<(String, String, &Agent)> = members
+    // Each member's own node (an RDS exporter has one; a service's is not its instance).
+    let mut instances: Vec<(String, String, &Agent, &Node)> = members
         .iter()
-        .filter_map(|a| {
-            let node = state.nodes.get(a.node_id.as_ref()?)?;
+        .filter_map(|c| {
+            c.agent.node_id.as_ref()?;
+            let node = c.node.as_deref()?;
             Some((
                 node.region.clone().unwrap_or_default(),
                 node.address.clone(),
-                *a,
+                &*c.agent,
+                node,
             ))
         })
         .collect();
     instances.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
     let mut config = String::from("---\ninstances:\n");
     let mut redact = Vec::new();
-    for (region, instance, a) in &instances {
+    for (region, instance, a, node) in &instances {
         indent(&mut config, 0);
         config.push_str("- region: ");
         scalar(&mut config, region);
@@ -188,12 +285,7 @@ fn rds_exporter(state: &State, cipher: &Cipher, members: &[&Agent]) -> AgentProc
             config.push_str(k);
             config.push_str(if v { ": true\n" } else { ": false\n" });
         }
-        let mut labels = a
-            .node_id
-            .as_ref()
-            .and_then(|n| state.nodes.get(n))
-            .map(|n| n.custom_labels.clone())
-            .unwrap_or_default();
+        let mut labels = node.custom_labels.clone();
         labels.extend(a.custom_labels.clone());
         labels.remove("region");
         if !labels.is_empty() {
@@ -208,8 +300,8 @@ fn rds_exporter(state: &State, cipher: &Cipher, members: &[&Agent]) -> AgentProc
         "--web.listen-address=:{{ .listen_port }}".to_owned(),
         "--config.file={{ .TextFiles.config }}".to_owned(),
     ];
-    let level = members.first().and_then(|a| a.log_level);
-    let shared = members.iter().all(|a| a.log_level == level);
+    let level = members.first().and_then(|c| c.agent.log_level);
+    let shared = members.iter().all(|c| c.agent.log_level == level);
     if let Some(l) = level
         .filter(|_| shared)
         .and_then(|l| serde_json::to_value(l).ok())
@@ -255,11 +347,20 @@ pub fn vmagent_key(pmm_agent: &AgentId) -> String {
 
 /// vmagent: scrapes the push exporters (its text file is their scrape configuration) and
 /// writes to the server.
-fn vmagent(state: &State, cipher: &Cipher, pmm_agent: &AgentId) -> AgentProcess {
-    let config = crate::files::scrape::render_push(
+fn vmagent(state: &State, parts: &Parts, cipher: &Cipher) -> AgentProcess {
+    let config = crate::files::scrape::render_push_around(
         state,
         cipher,
-        pmm_agent,
+        parts.children.iter().map(|c| {
+            (
+                &c.agent,
+                Around {
+                    service: c.service.as_deref(),
+                    node: c.node.as_deref(),
+                    parent: parts.pmm_agent.as_deref(),
+                },
+            )
+        }),
         &crate::files::RenderOptions::default(),
     );
     let args = vec![

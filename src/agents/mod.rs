@@ -379,7 +379,7 @@ impl AgentServer {
             probes: Vec::new(),
             last_heard: Instant::now(),
             last_sent: None,
-            inputs: Vec::new(),
+            inputs: None,
             awaiting: Vec::new(),
         };
         self.batcher.connection(stream.connection(true));
@@ -425,8 +425,8 @@ struct Stream_ {
     last_heard: Instant,
     /// SHA-256 of the last desired state sent (without its revision).
     last_sent: Option<[u8; 32]>,
-    /// Identities of what the last desired state was rendered from.
-    inputs: Vec<Input>,
+    /// What the last desired state was rendered from.
+    inputs: Option<desired::Parts>,
     /// Exporters whose web-config hash the state waits for, in the order asked.
     awaiting: Vec<AgentId>,
 }
@@ -656,24 +656,23 @@ impl Stream_ {
             }
             return Ok(false);
         }
-        let inputs = inputs_of(state, &self.id);
-        let same = inputs.len() == self.inputs.len()
-            && inputs.iter().zip(&self.inputs).all(|(a, b)| a.same(b));
+        let parts = desired::Parts::of(state, &self.id);
+        let same = self.inputs.as_ref().is_some_and(|p| p.same(&parts));
         // Kept either way: the next comparison then finds the same entities by identity.
-        self.inputs = inputs;
+        let parts = &*self.inputs.insert(parts);
         if self.last_sent.is_some() && same {
             return Ok(true);
         }
         let desired::Desired {
             state: mut desired,
             awaiting_hash,
-        } = desired::render(state, &self.server.cipher, &self.id, Some(&self.version));
+        } = desired::render_parts(state, parts, &self.server.cipher, Some(&self.version));
         if !awaiting_hash.is_empty() {
             // Sent once every hash is recorded (each recorded hash wakes us); rendered again
             // then, from scratch.
             self.awaiting = awaiting_hash;
             self.request_hashes(state);
-            self.inputs.clear();
+            self.inputs = None;
             return Ok(false);
         }
         // The message encodes the same bytes for the same content (sorted maps), so its hash
@@ -854,29 +853,6 @@ impl Stream_ {
     }
 }
 
-/// One thing a desired state is made of, held (not just its address: a freed entity's address
-/// can be reused by a newer one) and compared by identity.
-enum Input {
-    Settings(Arc<crate::domain::Settings>),
-    Agent(Arc<crate::domain::Agent>),
-    Service(Arc<crate::domain::Service>),
-    Node(Arc<crate::domain::Node>),
-}
-
-impl Input {
-    fn same(&self, other: &Input) -> bool {
-        match (self, other) {
-            (Input::Settings(a), Input::Settings(b)) => {
-                Arc::ptr_eq(a, b) || a.resolutions_secs() == b.resolutions_secs()
-            }
-            (Input::Agent(a), Input::Agent(b)) => Arc::ptr_eq(a, b) || same_config(a, b),
-            (Input::Service(a), Input::Service(b)) => Arc::ptr_eq(a, b),
-            (Input::Node(a), Input::Node(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
-    }
-}
-
 /// True when two versions of an agent differ only in what its pmm-agent reports about it
 /// (status, exec path, connection and its stream's time), which no desired state reads: a status report then costs a
 /// comparison, not a render of the whole state (the server's pmm-agent may run thousands).
@@ -892,33 +868,6 @@ fn same_config(a: &crate::domain::Agent, b: &crate::domain::Agent) -> bool {
     b.session_since = a.session_since;
     b.updated_at = a.updated_at;
     *a == b
-}
-
-/// What a pmm-agent's desired state is made of: the settings (of which only the resolutions
-/// reach it, in vmagent's file), its own entity, then each child with its service and node. A change elsewhere in the
-/// persistent state leaves these entities as they were.
-fn inputs_of(state: &State, id: &AgentId) -> Vec<Input> {
-    let mut out = vec![Input::Settings(state.settings.clone())];
-    if let Some(a) = state.agents.get(id) {
-        out.push(Input::Agent(a.clone()));
-    }
-    for child in state.children_of(id) {
-        if let Some(a) = state.agents.get(&child) {
-            out.push(Input::Agent(a.clone()));
-            let service = a.service_id.as_ref().and_then(|s| state.services.get(s));
-            if let Some(s) = service {
-                out.push(Input::Service(s.clone()));
-            }
-            let node = a
-                .node_id
-                .clone()
-                .or_else(|| service.map(|s| s.node_id.clone()));
-            if let Some(n) = node.and_then(|n| state.nodes.get(&n)) {
-                out.push(Input::Node(n.clone()));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //!
 //! The routing may wake a stream needlessly (the stream then compares what its state is made
 //! of, and sends nothing), but never misses one: it over-approximates what
-//! [`super::inputs_of`] reads.
+//! [`super::desired::Parts`] holds.
 
 use super::{AgentServer, lock};
 use crate::domain::{AgentId, AgentType, NodeId, ServiceId, State};
@@ -346,19 +346,8 @@ pub(super) mod tests {
     /// True when what `p`'s desired state is made of is equal in both states. By value, not
     /// identity: an entity replaced by an equal one (a no-op change) renders the same.
     fn same_inputs(old: &State, new: &State, p: &AgentId) -> bool {
-        use super::super::Input as I;
-        let (a, b) = (
-            super::super::inputs_of(old, p),
-            super::super::inputs_of(new, p),
-        );
-        a.len() == b.len()
-            && a.iter().zip(&b).all(|(x, y)| match (x, y) {
-                (I::Settings(x), I::Settings(y)) => x.resolutions_secs() == y.resolutions_secs(),
-                (I::Agent(x), I::Agent(y)) => super::super::same_config(x, y),
-                (I::Service(x), I::Service(y)) => x == y,
-                (I::Node(x), I::Node(y)) => x == y,
-                _ => false,
-            })
+        use super::super::desired::Parts;
+        Parts::of(old, p).same_values(&Parts::of(new, p))
     }
 
     /// True when `p`'s rendered desired state is the same in both states.

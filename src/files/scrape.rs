@@ -159,7 +159,11 @@ fn server_config(
         state,
         cipher,
         res,
-        state.agents.values().filter(|a| !a.exporter.push_metrics),
+        state
+            .agents
+            .values()
+            .filter(|a| !a.exporter.push_metrics)
+            .map(|a| (a, None)),
         None,
         opts.redact_secrets,
         cache,
@@ -198,7 +202,6 @@ fn push_config(
     opts: &RenderOptions,
     cache: Option<&mut JobCache>,
 ) -> String {
-    let res = global_resolutions(state);
     // Only this pmm-agent's children are looked at: rendering every pmm-agent's file stays
     // linear in the inventory.
     let children: Vec<Arc<Agent>> = state
@@ -206,18 +209,88 @@ fn push_config(
         .iter()
         .filter_map(|id| state.agents.get(id).cloned())
         .collect();
+    push_doc(
+        state,
+        cipher,
+        children.iter().map(|a| (a, None)),
+        opts.redact_secrets,
+        cache,
+    )
+}
+
+/// [`render_push`] of children whose [`Around`] the caller already looked up (a pmm-agent's
+/// stream, which compared them with its last state's): nothing is looked up again. Children
+/// that do not push are left out here.
+pub fn render_push_around<'a>(
+    state: &State,
+    cipher: &Cipher,
+    children: impl Iterator<Item = (&'a Arc<Agent>, Around<'a>)>,
+    opts: &RenderOptions,
+) -> String {
+    push_doc(
+        state,
+        cipher,
+        children.map(|(a, around)| (a, Some(around))),
+        opts.redact_secrets,
+        None,
+    )
+}
+
+/// An agent's service, and its node (else its service's node).
+pub fn service_and_node<'a>(
+    state: &'a State,
+    a: &Agent,
+) -> (Option<&'a Arc<Service>>, Option<&'a Arc<Node>>) {
+    let service = a.service_id.as_ref().and_then(|s| state.services.get(s));
+    let node = a
+        .node_id
+        .as_ref()
+        .or(service.map(|s| &s.node_id))
+        .and_then(|n| state.nodes.get(n));
+    (service, node)
+}
+
+/// The push document of the children that push their metrics.
+fn push_doc<'a>(
+    state: &State,
+    cipher: &Cipher,
+    children: impl Iterator<Item = (&'a Arc<Agent>, Option<Around<'a>>)>,
+    redact: bool,
+    cache: Option<&mut JobCache>,
+) -> String {
     let agents = agent_jobs(
         state,
         cipher,
-        res,
-        children.iter().filter(|a| a.exporter.push_metrics),
+        global_resolutions(state),
+        children.filter(|(a, _)| a.exporter.push_metrics),
         Some("127.0.0.1"),
-        opts.redact_secrets,
+        redact,
         cache,
     );
     let mut out = String::new();
     assemble(&mut out, &Global::default(), &[], &agents);
     out
+}
+
+/// What an agent's jobs read besides the agent: its service, its node (else its service's)
+/// and its pmm-agent.
+#[derive(Clone, Copy, Default)]
+pub struct Around<'a> {
+    pub service: Option<&'a Service>,
+    pub node: Option<&'a Node>,
+    pub parent: Option<&'a Agent>,
+}
+
+impl<'a> Around<'a> {
+    fn of(state: &'a State, a: &Agent) -> Self {
+        let (service, node) = service_and_node(state, a);
+        let parent = a.pmm_agent_id.as_ref().and_then(|p| state.agents.get(p));
+        Self {
+            service: service.map(|s| &**s),
+            node: node.map(|n| &**n),
+            parent: parent.map(|p| &**p),
+        }
+    }
 }
 
 /// The document: the global section, then the internal jobs, the agents' chunks and the RDS
@@ -273,17 +346,8 @@ impl Inputs {
         host_override: Option<&str>,
         redact: bool,
     ) -> Self {
-        let service = a
-            .service_id
-            .as_ref()
-            .and_then(|s| state.services.get(s))
-            .cloned();
-        let node = a
-            .node_id
-            .as_ref()
-            .or(service.as_ref().map(|s| &s.node_id))
-            .and_then(|n| state.nodes.get(n))
-            .cloned();
+        let (service, node) = service_and_node(state, a);
+        let (service, node) = (service.cloned(), node.cloned());
         let parent = a
             .pmm_agent_id
             .as_ref()
@@ -304,6 +368,14 @@ impl Inputs {
             resolutions: (global.hr, global.mr, global.lr),
             host_override: host_override.map(str::to_owned),
             redact,
+        }
+    }
+
+    fn around(&self) -> Around<'_> {
+        Around {
+            service: self.service.as_deref(),
+            node: self.node.as_deref(),
+            parent: self.parent.as_deref(),
         }
     }
 
@@ -545,25 +617,25 @@ pub(crate) fn version(v: Option<&str>) -> Option<(u32, u32, u32)> {
 }
 
 /// The jobs of the `candidates` that are enabled and have a port, in (type, id) order, RDS
-/// exporters last.
+/// exporters last. A candidate's [`Around`] is looked up here unless it comes with it.
 fn agent_jobs<'a>(
     state: &State,
     cipher: &Cipher,
     global: Resolutions,
-    candidates: impl Iterator<Item = &'a Arc<Agent>>,
+    candidates: impl Iterator<Item = (&'a Arc<Agent>, Option<Around<'a>>)>,
     host_override: Option<&str>,
     redact: bool,
     mut cache: Option<&mut JobCache>,
 ) -> AgentJobs {
-    let mut agents: Vec<&Arc<Agent>> = candidates
-        .filter(|a| !a.disabled && a.listen_port.is_some())
+    let mut agents: Vec<(&Arc<Agent>, Option<Around<'a>>)> = candidates
+        .filter(|(a, _)| !a.disabled && a.listen_port.is_some())
         .collect();
-    agents.sort_by(|a, b| {
+    agents.sort_by(|(a, _), (b, _)| {
         (a.agent_type.as_str(), &a.agent_id).cmp(&(b.agent_type.as_str(), &b.agent_id))
     });
     let mut chunks = Vec::new();
     let mut rds_targets = std::collections::BTreeSet::new();
-    for a in agents {
+    for (a, around) in agents {
         let Some(port) = a.listen_port else { continue };
         if a.agent_type == AgentType::RdsExporter {
             match host_override
@@ -581,7 +653,8 @@ fn agent_jobs<'a>(
         }
         // Without a cache (a stream's one-off render) nothing is looked up for it.
         let Some(cache) = cache.as_deref_mut() else {
-            let text = render_agent(state, cipher, a, global, host_override, redact);
+            let around = around.unwrap_or_else(|| Around::of(state, a));
+            let text = render_agent(state, cipher, a, around, global, host_override, redact);
             if !text.is_empty() {
                 chunks.push(text.into());
             }
@@ -598,7 +671,16 @@ fn agent_jobs<'a>(
             }
             continue;
         }
-        let text: Arc<str> = render_agent(state, cipher, a, global, host_override, redact).into();
+        let text: Arc<str> = render_agent(
+            state,
+            cipher,
+            a,
+            inputs.around(),
+            global,
+            host_override,
+            redact,
+        )
+        .into();
         if !text.is_empty() {
             chunks.push(text.clone());
         }
@@ -630,6 +712,7 @@ fn render_agent(
     state: &State,
     cipher: &Cipher,
     a: &Agent,
+    around: Around<'_>,
     global: Resolutions,
     host_override: Option<&str>,
     redact: bool,
@@ -646,11 +729,11 @@ fn render_agent(
     };
     let target = join_host_port(&host, port);
     let res = agent_resolutions(a, global);
-    let Some(base) = base_job(state, cipher, a, &target, redact) else {
+    let Some(base) = base_job(cipher, a, around, &target, redact) else {
         return String::new();
     };
     let mut out = String::new();
-    for mut j in jobs_for(state, cipher, a, base, res) {
+    for mut j in jobs_for(cipher, a, around, base, res) {
         if redact && let Some(auth) = &mut j.basic_auth {
             auth.password = REDACTED.to_owned();
         }
@@ -743,13 +826,13 @@ fn service_labels(out: &mut BTreeMap<String, String>, s: &Service) {
 /// What the query API shows instead of a password.
 pub const REDACTED: &str = "[redacted]";
 
-fn base_job(state: &State, cipher: &Cipher, a: &Agent, target: &str, redact: bool) -> Option<Job> {
-    let service = a.service_id.as_ref().and_then(|s| state.services.get(s));
-    let node = a
-        .node_id
-        .as_ref()
-        .or(service.map(|s| &s.node_id))
-        .and_then(|n| state.nodes.get(n));
+fn base_job(
+    cipher: &Cipher,
+    a: &Agent,
+    Around { service, node, .. }: Around<'_>,
+    target: &str,
+    redact: bool,
+) -> Option<Job> {
     let mut labels = BTreeMap::new();
     if let Some(n) = node {
         node_labels(&mut labels, n);
@@ -840,7 +923,7 @@ pub(crate) fn tablestats_enabled(a: &Agent) -> bool {
     }
 }
 
-fn jobs_for(state: &State, cipher: &Cipher, a: &Agent, base: Job, r: Resolutions) -> Vec<Job> {
+fn jobs_for(cipher: &Cipher, a: &Agent, around: Around<'_>, base: Job, r: Resolutions) -> Vec<Job> {
     use AgentType::*;
     match a.agent_type {
         NodeExporter => {
@@ -853,11 +936,8 @@ fn jobs_for(state: &State, cipher: &Cipher, a: &Agent, base: Job, r: Resolutions
                 "netdev",
                 "time",
             ];
-            let darwin = a
-                .node_id
-                .as_ref()
-                .and_then(|n| state.nodes.get(n))
-                .is_some_and(|n| n.distro == "darwin");
+            // Its own node (not a service's).
+            let darwin = a.node_id.is_some() && around.node.is_some_and(|n| n.distro == "darwin");
             if darwin {
                 return vec![at(a, &base, Res::Hr, r, &CORE)];
             }
@@ -940,11 +1020,7 @@ fn jobs_for(state: &State, cipher: &Cipher, a: &Agent, base: Job, r: Resolutions
             ]
         }
         MongodbExporter => {
-            let v = a
-                .pmm_agent_id
-                .as_ref()
-                .and_then(|p| state.agents.get(p))
-                .and_then(|p| version(p.version.as_deref()));
+            let v = around.parent.and_then(|p| version(p.version.as_deref()));
             match v {
                 Some(v) if v >= (2, 26, 0) => {
                     let mut lr: Vec<&str> = Vec::new();
