@@ -148,6 +148,39 @@ async fn print_events(pool: PgPool, args: EventsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a stopping node waits for requests in flight.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(12);
+
+/// The task's outcome if it ends within `limit`; else it is aborted.
+async fn finish<T>(
+    mut task: tokio::task::JoinHandle<T>,
+    limit: std::time::Duration,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(r) => Some(r),
+        Err(_) => {
+            task.abort();
+            None
+        }
+    }
+}
+
+/// Logs how a server task ended when its node stopped.
+fn drained<E: std::fmt::Display>(
+    what: &str,
+    outcome: Option<Result<Result<(), E>, tokio::task::JoinError>>,
+) {
+    match outcome {
+        Some(Ok(Err(e))) => warn!(error = %e, "{what}"),
+        Some(Err(e)) => warn!(error = %e, "{what} task"),
+        Some(Ok(Ok(()))) => {}
+        None => warn!(
+            "{what}: connections still open {} s after the stop were closed",
+            DRAIN.as_secs()
+        ),
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let term = async {
@@ -239,6 +272,15 @@ pub async fn serve(
         Arc::new(cipher.clone()),
         args.exporter_auth_cost,
     );
+    // Agent streams never end by themselves: the API's graceful shutdown waits for them.
+    {
+        let (agents, mut stop) = (agents.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            if stop.wait_for(|s| *s).await.is_ok() {
+                agents.stop();
+            }
+        });
+    }
     let query = crate::api::QueryApi {
         pool: database.pool.clone(),
         dispatcher: dispatcher.clone(),
@@ -324,16 +366,10 @@ pub async fn serve(
         .await
         .context("debug endpoint")?;
     info!("shutting down");
-    match api_task.await {
-        Ok(Err(e)) => warn!(error = %e, "query API"),
-        Err(e) => warn!(error = %e, "query API task"),
-        Ok(Ok(())) => {}
-    }
-    match internal_task.await {
-        Ok(Err(e)) => warn!(error = %e, "internal service"),
-        Err(e) => warn!(error = %e, "internal service task"),
-        Ok(Ok(())) => {}
-    }
+    // Requests in flight get a bounded time to finish (a query waiting for a revision waits
+    // at most 10 s); whatever is left after is dropped.
+    drained("API", finish(api_task, DRAIN).await);
+    drained("internal service", finish(internal_task, DRAIN).await);
     dispatcher.shutdown().await;
     drop(dispatcher);
     if let Err(e) = writer.await {

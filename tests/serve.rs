@@ -226,3 +226,88 @@ async fn the_first_start_writes_an_admin_token_and_a_restart_keeps_it() {
     let again = std::fs::read_to_string(&path).expect("admin.token");
     assert_eq!(again.trim(), secret);
 }
+
+/// A loopback port nobody listens on now (the server binds it next; a restart keeps it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_closes_agent_streams_and_the_agents_come_back_after_a_restart() {
+    use pmmcp::agents::sim;
+    let dir = TempDir::new("agents-stop");
+    let db = TestDb::new().await;
+    let mut a = args(&dir.0, Some(db.url.clone()));
+    let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    a.api_addr = api;
+    let server = start(a.clone()).await;
+    server.health().await;
+    let token_file = dir.0.join("admin.token");
+    wait_until("the admin token", Duration::from_secs(30), || {
+        let exists = token_file.exists();
+        async move { exists }
+    })
+    .await;
+    let admin = std::fs::read_to_string(&token_file).expect("admin.token");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{api}"))
+        .expect("url")
+        .connect_lazy();
+    let ids = sim::register(channel.clone(), admin.trim(), "stop", 2)
+        .await
+        .expect("register");
+    // One agent keeps the status its stream ended with; the other reconnects.
+    let once = sim::start(
+        channel.clone(),
+        ids[0].clone(),
+        sim::Behaviour {
+            reconnect: false,
+            ..sim::Behaviour::default()
+        },
+    );
+    let agent = sim::start(channel, ids[1].clone(), sim::Behaviour::default());
+    for a in [&once, &agent] {
+        let mut applied = a.applied.clone();
+        tokio::time::timeout(Duration::from_secs(30), applied.wait_for(|r| *r > 0))
+            .await
+            .expect("the first state in time")
+            .expect("the agent runs");
+    }
+
+    // Without closing the streams, the API's graceful shutdown would wait for them forever.
+    let _ = server.stop.send(());
+    tokio::time::timeout(Duration::from_secs(60), server.task)
+        .await
+        .expect("serve stops in time with an agent connected")
+        .expect("serve task")
+        .expect("serve stops cleanly");
+    let mut ended = once.ended.clone();
+    let status = tokio::time::timeout(Duration::from_secs(10), ended.wait_for(|s| s.is_some()))
+        .await
+        .expect("the stream ended")
+        .expect("the agent runs")
+        .clone()
+        .expect("a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "the server is shutting down.");
+
+    // The agent reconnects to the restarted server and applies its state again.
+    let connects = agent
+        .seen
+        .connects
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let server = start(a).await;
+    server.health().await;
+    wait_until("the agent reconnects", Duration::from_secs(60), || {
+        let now = agent
+            .seen
+            .connects
+            .load(std::sync::atomic::Ordering::SeqCst);
+        async move { now > connects }
+    })
+    .await;
+    agent.stop();
+    server.stop().await;
+}

@@ -36,7 +36,7 @@ use crate::grpc::pb::agent::v1::{
 use crate::grpc::pb::google::rpc::Status as RpcStatus;
 use crate::grpc::pb::inventory::v1::AgentStatus as PbStatus;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -52,6 +52,8 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(30);
 const TAKEOVER_PING: Duration = Duration::from_secs(2);
 /// Messages queued to one agent at most (SetState, pings, answers).
 const OUTBOX: usize = 8;
+/// Why streams end when their node stops.
+const SHUTTING_DOWN: &str = "the server is shutting down.";
 /// Reports of one stream waiting to be recorded at most.
 const MAX_OUTSTANDING: usize = 64;
 
@@ -115,6 +117,8 @@ pub struct AgentServer {
     hasher: web_auth::Hasher,
     /// The latest revision whose streams the router has woken.
     routed: Arc<AtomicI64>,
+    /// Set (under the registry's lock) when the node stops: no stream is accepted after.
+    stopping: Arc<AtomicBool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -138,6 +142,7 @@ impl AgentServer {
             batcher,
             hasher,
             routed: Arc::default(),
+            stopping: Arc::default(),
         };
         // The router's first "last state" is taken now: a stream registered after this
         // evaluates a state at least this new, so no change between is missed.
@@ -161,6 +166,24 @@ impl AgentServer {
     pub fn stream(&self, id: &AgentId) -> Option<StreamInfo> {
         let routed = self.routed.load(Ordering::SeqCst);
         lock(&self.registry).get(id).map(|e| e.info_at(routed))
+    }
+
+    /// Ends every stream and refuses new ones, for a node that stops: each agent is told
+    /// Unavailable and reconnects (to this node once it is back, or to another). Their
+    /// disconnections are not recorded, as after a crash: the agents' next connections
+    /// supersede these, and a node restarting does not turn everything UNKNOWN in between.
+    pub fn stop(&self) {
+        let kicks: Vec<_> = {
+            let mut reg = lock(&self.registry);
+            self.stopping.store(true, Ordering::SeqCst);
+            reg.values_mut().filter_map(|e| e.kick.take()).collect()
+        };
+        self.hasher.stop();
+        let n = kicks.len();
+        for kick in kicks {
+            let _ = kick.send(SHUTTING_DOWN);
+        }
+        tracing::info!(streams = n, "pmm-agent streams closed for shutdown");
     }
 
     /// The tonic service to mount.
@@ -336,6 +359,9 @@ impl AgentServer {
         };
         {
             let mut reg = lock(&self.registry);
+            if self.stopping.load(Ordering::SeqCst) {
+                return Err(Status::unavailable(SHUTTING_DOWN));
+            }
             // A racing connection got in first: it wins.
             if reg.contains_key(&id) {
                 return Err(Status::already_exists(format!(
@@ -503,7 +529,13 @@ impl Stream_ {
         for p in self.probes.drain(..) {
             let _ = p.send(false);
         }
+        let record = !matches!(end, End::Kicked(SHUTTING_DOWN));
         match end {
+            End::Kicked(SHUTTING_DOWN) => {
+                let _ = self
+                    .out
+                    .try_send(Outgoing::End(Box::new(Status::unavailable(SHUTTING_DOWN))));
+            }
             End::Kicked(why) => {
                 let _ = self
                     .out
@@ -526,7 +558,7 @@ impl Stream_ {
             }
             mine
         };
-        if current {
+        if current && record {
             self.server.batcher.connection(self.connection(false));
         }
     }

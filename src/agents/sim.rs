@@ -355,7 +355,7 @@ async fn session(
                 // Seen before it is answered: once the server records the answer, the state
                 // is visible here.
                 seen.states.fetch_add(1, Ordering::SeqCst);
-                let _ = last_state.send(Some(state.clone()));
+                let _ = last_state.send(Some(state));
                 let _ = applied.send(revision);
                 let _ = out.applied_at.send((revision, arrived));
                 let _ = tx

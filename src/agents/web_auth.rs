@@ -48,6 +48,8 @@ struct Book {
     /// Computed and sent.
     done: HashMap<Key, WebAuthHash>,
     threads: usize,
+    /// The node stops: nothing more is hashed, and idle threads end at once.
+    stopped: bool,
 }
 
 struct Shared {
@@ -86,6 +88,16 @@ impl Hasher {
         }
     }
 
+    /// Ends the threads (one hashing finishes its hash first), which hold the node's
+    /// dispatcher: a stopping node waits for every holder to let go of it.
+    pub fn stop(&self) {
+        let sh = &self.shared;
+        let mut book = super::lock(&sh.book);
+        book.stopped = true;
+        book.queue.clear();
+        sh.queued.notify_all();
+    }
+
     /// Asks for the hash of `agent_id`'s exporter for the agent password `for_password` (as
     /// stored). Computed once; asked again, a computed hash is sent again (its first report
     /// may have been lost to a leader change).
@@ -93,6 +105,9 @@ impl Hasher {
         let key = (agent_id.clone(), for_password.clone());
         let sh = &self.shared;
         let mut book = super::lock(&sh.book);
+        if book.stopped {
+            return;
+        }
         if let Some(done) = book.done.get(&key) {
             sh.batcher.web_auth(done.clone());
             return;
@@ -122,13 +137,13 @@ fn worker(sh: &Shared) {
             let book = super::lock(&sh.book);
             let (mut book, _) = sh
                 .queued
-                .wait_timeout_while(book, IDLE, |b| b.queue.is_empty())
+                .wait_timeout_while(book, IDLE, |b| b.queue.is_empty() && !b.stopped)
                 .unwrap_or_else(|p| p.into_inner());
             match book.queue.pop_front() {
-                Some(key) => key,
+                Some(key) if !book.stopped => key,
                 // Idle: the queue is empty under the lock jobs are queued with, so none is
                 // left without a thread (a request after this starts one).
-                None => {
+                _ => {
                     book.threads -= 1;
                     return;
                 }
