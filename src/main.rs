@@ -12,7 +12,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Freed memory goes back to the system at once. By default mimalloc purges 10 ms later, on
 /// the thread's next allocation, which an idle thread never makes: a server with 10,000 idle
 /// streams then keeps what a burst (a fan-out, a render) freed.
+/// `MIMALLOC_PURGE_DELAY` (ms), read by mimalloc itself, still overrides this.
 fn purge_freed_memory_at_once() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: mi_option_set only stores an integer option; any value is valid for this one.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
 }
