@@ -272,6 +272,7 @@ pub async fn serve(
         Arc::new(cipher.clone()),
         args.exporter_auth_cost,
     );
+    agents.sweep_stale_connections(std::time::Duration::from_secs(args.agent_sweep_secs));
     // Agent streams never end by themselves: the API's graceful shutdown waits for them.
     {
         let (agents, mut stop) = (agents.clone(), stop_rx.clone());

@@ -97,6 +97,11 @@ pub struct ServeArgs {
     /// adding thousands of exporters cheaper and the hashes weaker.
     #[arg(long, env = "PMM_CP_EXPORTER_AUTH_COST", default_value_t = crate::agents::web_auth::DEFAULT_COST, value_parser = clap::value_parser!(u32).range(4..=14))]
     pub exporter_auth_cost: u32,
+    /// Seconds between sweeps of pmm-agents recorded as connected through this node on a
+    /// stream it no longer has (after a crash or a stop): they are recorded disconnected.
+    /// The first sweep comes this long after the start, so agents have time to reconnect.
+    #[arg(long, env = "PMM_CP_AGENT_SWEEP_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub agent_sweep_secs: u64,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]

@@ -49,6 +49,7 @@ fn args(data_dir: &Path, database_url: Option<String>) -> ServeArgs {
         max_batch: 512,
         db_connections: 4,
         exporter_auth_cost: 4,
+        agent_sweep_secs: 60,
         cluster: ClusterArgs {
             raft_addr: "127.0.0.1:0".parse().expect("addr"),
             ..ClusterArgs::default()
@@ -235,6 +236,30 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A query API document (GET with a bearer token), if it answers 200.
+async fn query(api: std::net::SocketAddr, path: &str, token: &str) -> Option<serde_json::Value> {
+    let mut s = TcpStream::connect(api).await.ok()?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    // A chunked body: the JSON is between the first chunk size and the final zero chunk.
+    let json = match head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        true => body.split_once("\r\n")?.1.rsplit_once("\r\n0\r\n")?.0,
+        false => body,
+    };
+    serde_json::from_str(json.trim()).ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_closes_agent_streams_and_the_agents_come_back_after_a_restart() {
     use pmmcp::agents::sim;
@@ -293,11 +318,14 @@ async fn a_stop_closes_agent_streams_and_the_agents_come_back_after_a_restart() 
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(status.message(), "the server is shutting down.");
 
-    // The agent reconnects to the restarted server and applies its state again.
+    // The agent reconnects to the restarted server and applies its state again. The one that
+    // does not come back is still recorded connected (a stop records nothing, as a crash)
+    // until the restarted node's first sweep of the streams it no longer has.
     let connects = agent
         .seen
         .connects
         .load(std::sync::atomic::Ordering::SeqCst);
+    a.agent_sweep_secs = 1;
     let server = start(a).await;
     server.health().await;
     wait_until("the agent reconnects", Duration::from_secs(60), || {
@@ -308,6 +336,33 @@ async fn a_stop_closes_agent_streams_and_the_agents_come_back_after_a_restart() 
         async move { now > connects }
     })
     .await;
+    let (gone, back) = (&ids[0].agent_id, &ids[1].agent_id);
+    let admin = admin.trim();
+    wait_until(
+        "the agent that did not come back is swept",
+        Duration::from_secs(60),
+        || async move {
+            let doc = query(api, &format!("/v1/query/pmm-agents/{gone}"), admin).await;
+            doc.is_some_and(|d| {
+                let d = &d["pmm_agent"];
+                d["connected"] == false
+                    && d["agents"].as_array().is_some_and(|c| {
+                        !c.is_empty() && c.iter().all(|c| c["status"] == "AGENT_STATUS_UNKNOWN")
+                    })
+            })
+        },
+    )
+    .await;
+    let doc = query(api, &format!("/v1/query/pmm-agents/{back}"), admin)
+        .await
+        .expect("the pmm-agent");
+    assert_eq!(doc["pmm_agent"]["connected"], true, "{doc}");
+    assert!(
+        doc["pmm_agent"]["stream"]["session"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("node-1/")),
+        "{doc}"
+    );
     agent.stop();
     server.stop().await;
 }

@@ -119,6 +119,8 @@ pub struct AgentServer {
     routed: Arc<AtomicI64>,
     /// Set (under the registry's lock) when the node stops: no stream is accepted after.
     stopping: Arc<AtomicBool>,
+    /// Wakes this node's background tasks when it stops (they hold its dispatcher).
+    stopped: Arc<Notify>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -143,6 +145,7 @@ impl AgentServer {
             hasher,
             routed: Arc::default(),
             stopping: Arc::default(),
+            stopped: Arc::default(),
         };
         // The router's first "last state" is taken now: a stream registered after this
         // evaluates a state at least this new, so no change between is missed.
@@ -179,11 +182,74 @@ impl AgentServer {
             reg.values_mut().filter_map(|e| e.kick.take()).collect()
         };
         self.hasher.stop();
+        self.stopped.notify_waiters();
         let n = kicks.len();
         for kick in kicks {
             let _ = kick.send(SHUTTING_DOWN);
         }
         tracing::info!(streams = n, "pmm-agent streams closed for shutdown");
+    }
+
+    /// Every `every` (the first time `every` after now), records disconnected the pmm-agents
+    /// recorded as connected on a stream of this node that it no longer has: streams a crash or
+    /// a stop ended without recording it. Agents that came back meanwhile are recorded on their
+    /// new stream, and a close of an older stream changes nothing, so a sweep never undoes a
+    /// live connection. Ends when the node stops.
+    pub fn sweep_stale_connections(&self, every: Duration) {
+        let server = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let stopped = server.stopped.notified();
+                if server.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = stopped => return,
+                }
+                let n = server.sweep();
+                if n > 0 {
+                    tracing::info!(
+                        pmm_agents = n,
+                        "pmm-agents recorded as connected on streams this node no longer has: recording them disconnected"
+                    );
+                }
+            }
+        });
+    }
+
+    /// One sweep ([`Self::sweep_stale_connections`]): how many disconnections it sent.
+    fn sweep(&self) -> usize {
+        // The state first: a stream registered after it has a session the state does not
+        // hold yet.
+        let state = self.dispatcher.state();
+        // An agent with a stream here is left to it (its own connect heals what is recorded,
+        // see `check_recorded`), even while the state still holds an older session of it.
+        let live: std::collections::HashSet<AgentId> =
+            lock(&self.registry).keys().cloned().collect();
+        let prefix = self.session_prefix();
+        let mut n = 0;
+        for (id, a) in state.agents.iter() {
+            let Some(session) = a.session.as_deref() else {
+                continue;
+            };
+            if a.connected && session.starts_with(&prefix) && !live.contains(id) {
+                self.batcher.connection(Connection {
+                    pmm_agent_id: id.clone(),
+                    session: session.to_owned(),
+                    connected: false,
+                    since: a.session_since,
+                    version: None,
+                });
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// What this node's session ids start with: its Raft id.
+    fn session_prefix(&self) -> String {
+        format!("node-{}/", self.dispatcher.node_id())
     }
 
     /// The tonic service to mount.
@@ -329,7 +395,7 @@ impl AgentServer {
             token_hash,
         } = self.authenticate(request.metadata(), &state)?;
         self.take_over(&id).await?;
-        let session = uuid::Uuid::new_v4().to_string();
+        let session = format!("{}{}", self.session_prefix(), uuid::Uuid::new_v4());
         let node_id = state
             .agents
             .get(&id)

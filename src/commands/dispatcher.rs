@@ -145,6 +145,11 @@ impl Dispatcher {
         }
     }
 
+    /// This node's Raft id.
+    pub fn node_id(&self) -> u64 {
+        self.id
+    }
+
     /// This node's Raft.
     pub fn raft(&self) -> &openraft::Raft<crate::raft::TypeConfig> {
         &self.raft
