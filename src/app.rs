@@ -368,13 +368,19 @@ pub async fn serve(
         .context("debug endpoint")?;
     info!("shutting down");
     // Requests in flight get a bounded time to finish (a query waiting for a revision waits
-    // at most 10 s); whatever is left after is dropped.
-    drained("API", finish(api_task, DRAIN).await);
-    drained("internal service", finish(internal_task, DRAIN).await);
+    // at most 10 s); whatever is left after is dropped. One deadline for all the waits.
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    drained("API", finish(api_task, left()).await);
+    drained("internal service", finish(internal_task, left()).await);
     dispatcher.shutdown().await;
     drop(dispatcher);
-    if let Err(e) = writer.await {
-        warn!(error = %e, "the dispatcher task ended abnormally");
+    // The writer ends once every handle of the dispatcher is gone; a connection task that
+    // outlived the drain may still hold one (axum runs each connection on its own task).
+    match tokio::time::timeout(left(), writer).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "the dispatcher task ended abnormally"),
+        Err(_) => warn!("the dispatcher was still in use at the end of the drain; stopping anyway"),
     }
     database.close().await?;
     info!("stopped");

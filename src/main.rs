@@ -14,7 +14,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// streams then keeps what a burst (a fan-out, a render) freed.
 /// `MIMALLOC_PURGE_DELAY` (ms), read by mimalloc itself, still overrides this.
 fn purge_freed_memory_at_once() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some_and(|v| !v.is_empty()) {
         return;
     }
     // SAFETY: mi_option_set only stores an integer option; any value is valid for this one.

@@ -394,6 +394,9 @@ impl AgentServer {
             version,
             token_hash,
         } = self.authenticate(request.metadata(), &state)?;
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(SHUTTING_DOWN));
+        }
         self.take_over(&id).await?;
         let session = format!("{}{}", self.session_prefix(), uuid::Uuid::new_v4());
         let node_id = state
@@ -673,14 +676,25 @@ impl Stream_ {
     }
 
     async fn send(&self, msg: ServerMessage) -> Result<(), End> {
+        let msg = match self.out.try_send(Outgoing::Message(Box::new(msg))) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::Closed),
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+        };
+        // A full outbox: wait, but not past the node's stop (the kick is not watched here).
+        let stopped = self.server.stopped.notified();
+        if self.server.stopping.load(Ordering::SeqCst) {
+            return Err(End::Kicked(SHUTTING_DOWN));
+        }
         // An agent that reads nothing for this long is as good as gone; waiting longer would
         // also keep kicks and pings from this stream.
-        match tokio::time::timeout(DEAD_AFTER, self.out.send(Outgoing::Message(Box::new(msg))))
-            .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Closed),
-            Err(_) => Err(End::Dead),
+        tokio::select! {
+            sent = tokio::time::timeout(DEAD_AFTER, self.out.send(msg)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Closed),
+                Err(_) => Err(End::Dead),
+            },
+            () = stopped => Err(End::Kicked(SHUTTING_DOWN)),
         }
     }
 
