@@ -338,36 +338,39 @@ async fn a_stop_closes_agent_streams_and_the_agents_come_back_after_a_restart() 
         async move { now > connects }
     })
     .await;
-    let (gone, back) = (&ids[0].agent_id, &ids[1].agent_id);
     let admin = admin.trim();
-    wait_until(
+    // A pmm-agent as the query API shows it, once `ok` holds of it.
+    let shown = |id: String, what: &'static str, ok: fn(&serde_json::Value) -> bool| async move {
+        wait_until(what, Duration::from_secs(60), || {
+            let id = id.clone();
+            async move {
+                let doc = query(api, &format!("/v1/query/pmm-agents/{id}"), admin).await;
+                doc.is_some_and(|d| ok(&d["pmm_agent"]))
+            }
+        })
+        .await;
+    };
+    shown(
+        ids[0].agent_id.clone(),
         "the agent that did not come back is swept",
-        Duration::from_secs(60),
-        || async move {
-            let doc = query(api, &format!("/v1/query/pmm-agents/{gone}"), admin).await;
-            doc.is_some_and(|d| {
-                let d = &d["pmm_agent"];
-                d["connected"] == false
-                    && d["agents"].as_array().is_some_and(|c| {
-                        !c.is_empty() && c.iter().all(|c| c["status"] == "AGENT_STATUS_UNKNOWN")
-                    })
-            })
+        |a| {
+            a["connected"] == false
+                && a["agents"].as_array().is_some_and(|c| {
+                    !c.is_empty() && c.iter().all(|c| c["status"] == "AGENT_STATUS_UNKNOWN")
+                })
         },
     )
     .await;
     // The agent that came back is recorded on its new stream (a sweep before it came back
     // may have recorded it disconnected for a moment).
-    wait_until(
+    shown(
+        ids[1].agent_id.clone(),
         "the agent that came back is recorded connected here",
-        Duration::from_secs(60),
-        || async move {
-            let doc = query(api, &format!("/v1/query/pmm-agents/{back}"), admin).await;
-            doc.is_some_and(|d| {
-                d["pmm_agent"]["connected"] == true
-                    && d["pmm_agent"]["stream"]["session"]
-                        .as_str()
-                        .is_some_and(|s| s.starts_with("node-1/"))
-            })
+        |a| {
+            a["connected"] == true
+                && a["stream"]["session"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("node-1/"))
         },
     )
     .await;
