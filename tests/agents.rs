@@ -927,6 +927,96 @@ async fn agents_on_a_follower_survive_the_leaders_failover() {
     }
 }
 
+/// Agents connected through a follower that is stopped and removed from the cluster: the
+/// leader's sweep records them disconnected (the removed node will not sweep its own), and
+/// their exporters UNKNOWN; agents connected through the other follower stay connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_sweeps_the_agents_of_a_removed_node() {
+    let mut nodes = support::cluster::three_nodes(support::cluster::Opts::default()).await;
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    let leader = support::cluster::wait_for_leader(&refs, DEADLINE).await;
+    let follower = (leader + 1) % 3;
+    let witness = (leader + 2) % 3;
+    let connect = |i: usize| {
+        let node = &nodes[i];
+        async move {
+            let addr = node.serve_public().await;
+            let admin = node.token(&format!("admin-{i}"), Role::Admin).await;
+            let channel = Channel::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect_lazy();
+            let ids = sim::register(channel.clone(), &admin, &format!("n{i}"), 2)
+                .await
+                .expect("registered");
+            let behaviour = Behaviour {
+                reconnect: false,
+                ..Behaviour::default()
+            };
+            let agents: Vec<SimAgent> = ids
+                .iter()
+                .map(|id| sim::start(channel.clone(), id.clone(), behaviour.clone()))
+                .collect();
+            (ids, agents)
+        }
+    };
+    let (on_follower, follower_agents) = connect(follower).await;
+    let (on_witness, _witness_agents) = connect(witness).await;
+    let connected = |node: &TestNode, ids: &[Identity]| {
+        let st = node.dispatcher.state();
+        ids.iter().all(|id| {
+            st.agents
+                .get(&pmmcp::domain::AgentId::from(id.agent_id.as_str()))
+                .is_some_and(|a| a.connected)
+        })
+    };
+    wait_until("every agent recorded connected", DEADLINE, || {
+        let ok = connected(&nodes[leader], &on_follower) && connected(&nodes[leader], &on_witness);
+        async move { ok }
+    })
+    .await;
+    // The leader sweeps often (it has no streams of its own here).
+    let cipher = std::sync::Arc::new(pmmcp::crypto::Cipher::from_key(&[7; 32]));
+    let sweeper =
+        pmmcp::agents::AgentServer::new(nodes[leader].dispatcher.clone(), cipher.clone(), 4);
+    sweeper.sweep_stale_connections(Duration::from_millis(100));
+
+    // The follower stops and leaves the cluster. Its agents stay connected to what is left of
+    // it in this process (its streams, which a crash would end without recording anything):
+    // only a sweep can record them disconnected.
+    let removed = nodes.remove(follower);
+    let removed_id = removed.id;
+    removed.stop().await;
+    let leader = leader - usize::from(leader > follower);
+    let voters: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    assert!(!voters.contains(&removed_id));
+    nodes[leader]
+        .cluster_client()
+        .change_membership(pmmcp::raft::proto::ChangeMembershipRequest {
+            voters,
+            retain: false,
+        })
+        .await
+        .expect("the stopped node removed");
+    wait_until("the removed node's agents are swept", DEADLINE, || {
+        let st = nodes[leader].dispatcher.state();
+        let ok = on_follower.iter().all(|id| {
+            let pmm_agent = pmmcp::domain::AgentId::from(id.agent_id.as_str());
+            !st.agents[&pmm_agent].connected
+                && st
+                    .children_of(&pmm_agent)
+                    .iter()
+                    .all(|c| st.agents[c].status == pmmcp::domain::AgentStatus::Unknown)
+        });
+        async move { ok }
+    })
+    .await;
+    assert!(
+        connected(&nodes[leader], &on_witness),
+        "agents on a member node are not swept"
+    );
+    drop(follower_agents);
+}
+
 /// pmm-agent's own form of the token (Basic, the token as the password) works; revoking the
 /// token ends the live stream at once and refuses the next; another caller reusing a
 /// RegisterNode command id gets no token.

@@ -194,7 +194,8 @@ impl AgentServer {
     /// recorded as connected on a stream of this node that it no longer has: streams a crash or
     /// a stop ended without recording it. Agents that came back meanwhile are recorded on their
     /// new stream, and a close of an older stream changes nothing, so a sweep never undoes a
-    /// live connection. Ends when the node stops.
+    /// live connection. The leader also sweeps the sessions of nodes removed from the
+    /// cluster. Ends when the node stops.
     pub fn sweep_stale_connections(&self, every: Duration) {
         let server = self.clone();
         tokio::spawn(async move {
@@ -228,12 +229,30 @@ impl AgentServer {
         let live: std::collections::HashSet<AgentId> =
             lock(&self.registry).keys().cloned().collect();
         let prefix = self.session_prefix();
+        // The leader also sweeps the sessions of nodes no longer in the cluster: they will
+        // not come back to sweep their own.
+        let removed_node = {
+            let metrics = self.dispatcher.raft().metrics();
+            let m = metrics.borrow();
+            let members: std::collections::HashSet<u64> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect();
+            let leader = m.current_leader == Some(m.id);
+            move |session: &str| {
+                leader && session_node(session).is_some_and(|n| !members.contains(&n))
+            }
+        };
         let mut n = 0;
         for (id, a) in state.agents.iter() {
             let Some(session) = a.session.as_deref() else {
                 continue;
             };
-            if a.connected && session.starts_with(&prefix) && !live.contains(id) {
+            let stale =
+                (session.starts_with(&prefix) && !live.contains(id)) || removed_node(session);
+            if a.connected && stale {
                 self.batcher.connection(Connection {
                     pmm_agent_id: id.clone(),
                     session: session.to_owned(),
@@ -963,6 +982,16 @@ impl Stream_ {
             }
         }
     }
+}
+
+/// The Raft id of the node whose stream a session id names (`node-<id>/<uuid>`).
+fn session_node(session: &str) -> Option<u64> {
+    session
+        .strip_prefix("node-")?
+        .split_once('/')?
+        .0
+        .parse()
+        .ok()
 }
 
 /// True when two versions of an agent differ only in what its pmm-agent reports about it

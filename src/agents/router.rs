@@ -189,10 +189,12 @@ pub(super) async fn route(
         server.routed.fetch_max(next.revision, Ordering::SeqCst);
         last = next;
     }
+    // The node stopped without [`AgentServer::stop`] (which would have ended the streams
+    // already): the same end, unrecorded.
     let mut reg = lock(&server.registry);
     for e in reg.values_mut() {
         if let Some(kick) = e.kick.take() {
-            let _ = kick.send("server shutting down.");
+            let _ = kick.send(super::SHUTTING_DOWN);
         }
     }
 }
