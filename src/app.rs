@@ -175,7 +175,7 @@ fn drained<E: std::fmt::Display>(
         Some(Err(e)) => warn!(error = %e, "{what} task"),
         Some(Ok(Ok(()))) => {}
         None => warn!(
-            "{what}: connections still open {} s after the stop were closed",
+            "{what}: connections still open {} s after the stop were left running",
             DRAIN.as_secs()
         ),
     }

@@ -974,7 +974,8 @@ async fn the_leader_sweeps_the_agents_of_a_removed_node() {
         async move { ok }
     })
     .await;
-    // The leader sweeps often (it has no streams of its own here).
+    // The leader sweeps often. This AgentServer has no streams: it would also sweep agents
+    // connected through another AgentServer of the leader, so none are.
     let cipher = std::sync::Arc::new(pmmcp::crypto::Cipher::from_key(&[7; 32]));
     let sweeper =
         pmmcp::agents::AgentServer::new(nodes[leader].dispatcher.clone(), cipher.clone(), 4);
@@ -1015,6 +1016,7 @@ async fn the_leader_sweeps_the_agents_of_a_removed_node() {
         "agents on a member node are not swept"
     );
     drop(follower_agents);
+    sweeper.stop();
 }
 
 /// pmm-agent's own form of the token (Basic, the token as the password) works; revoking the

@@ -251,7 +251,7 @@ impl AgentServer {
                 continue;
             };
             let stale =
-                (session.starts_with(&prefix) && !live.contains(id)) || removed_node(session);
+                !live.contains(id) && (session.starts_with(&prefix) || removed_node(session));
             if a.connected && stale {
                 self.batcher.connection(Connection {
                     pmm_agent_id: id.clone(),
@@ -264,6 +264,16 @@ impl AgentServer {
             }
         }
         n
+    }
+
+    /// Whether this node is in the cluster's membership (a voter or a learner).
+    fn is_member(&self) -> bool {
+        let metrics = self.dispatcher.raft().metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .any(|(id, _)| *id == m.id)
     }
 
     /// What this node's session ids start with: its Raft id.
@@ -677,6 +687,9 @@ impl Stream_ {
             _ if recorded => Recorded::Yes,
             Recorded::Sent | Recorded::Yes => Recorded::Missing,
             Recorded::Missing if !answering => Recorded::Missing,
+            // A node removed from the cluster (still running) would fight the leader's sweep
+            // of its sessions.
+            Recorded::Missing if !self.server.is_member() => Recorded::Missing,
             Recorded::Missing => {
                 if let Some(newest) = agent.and_then(|a| a.session_since) {
                     self.since = self.since.max(newest + chrono::Duration::microseconds(1));
@@ -939,7 +952,13 @@ impl Stream_ {
                             details: Vec::new(),
                         }),
                     };
-                    let _ = out.send(Outgoing::Message(Box::new(msg))).await;
+                    // Bounded like the stream's own sends: an agent that reads nothing does not
+                    // keep this task (and the outbox) alive.
+                    let _ = tokio::time::timeout(
+                        DEAD_AFTER,
+                        out.send(Outgoing::Message(Box::new(msg))),
+                    )
+                    .await;
                 });
                 Ok(())
             }
