@@ -84,7 +84,14 @@ impl Database {
 
     /// Closes the pool, then stops the private server.
     pub async fn close(self) -> anyhow::Result<()> {
-        self.pool.close().await;
+        // Waits for the connections in use to come back, but not for ever: a task that
+        // outlived the server's drain may still hold one. A fast stop ends them anyway.
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.pool.close())
+            .await
+            .is_err()
+        {
+            warn!("database connections still in use after 10 s; closing anyway");
+        }
         if let Some(pg) = self.embedded {
             pg.stop().await?;
         }
