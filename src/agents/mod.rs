@@ -187,7 +187,9 @@ impl AgentServer {
         for kick in kicks {
             let _ = kick.send(SHUTTING_DOWN);
         }
-        tracing::info!(streams = n, "pmm-agent streams closed for shutdown");
+        if n > 0 {
+            tracing::info!(streams = n, "pmm-agent streams closed for shutdown");
+        }
     }
 
     /// Every `every` (the first time `every` after now), records disconnected the pmm-agents

@@ -189,14 +189,9 @@ pub(super) async fn route(
         server.routed.fetch_max(next.revision, Ordering::SeqCst);
         last = next;
     }
-    // The node stopped without [`AgentServer::stop`] (which would have ended the streams
-    // already): the same end, unrecorded.
-    let mut reg = lock(&server.registry);
-    for e in reg.values_mut() {
-        if let Some(kick) = e.kick.take() {
-            let _ = kick.send(super::SHUTTING_DOWN);
-        }
-    }
+    // The node's state ended: it stops, whether or not [`AgentServer::stop`] was called (the
+    // test nodes stop only their dispatcher). A second stop finds nothing left to end.
+    server.stop();
 }
 
 #[cfg(test)]
